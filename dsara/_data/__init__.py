@@ -1,0 +1,1 @@
+"""Data files (search spaces, study definitions) installed with the package."""

@@ -1,0 +1,85 @@
+"""L-infinity attacks on models whose inputs are images in [0, 1].
+
+The perturbation is an fp32 leaf and the loss is computed in fp32, so input gradients are fp32 even
+when the model runs under bf16 autocast. Attacks only take gradients with respect to the input
+(`torch.autograd.grad`), so they never touch the models' parameter gradients, and they leave the
+model's train/eval mode as the caller set it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DsaraError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def parse_eps(value: str | float) -> float:
+    """An L-inf radius as ``8/255`` or ``0.031``; must be finite and >= 0."""
+    if isinstance(value, (int, float)):
+        eps = float(value)
+    else:
+        text = str(value).strip()
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*\.?[0-9]+)", text)
+        try:
+            eps = float(m.group(1)) / float(m.group(2)) if m else float(text)
+        except (ValueError, ZeroDivisionError):
+            raise DsaraError(f"eps {text!r} is not a number; write it as 8/255 or 0.031") from None
+    if not eps >= 0 or eps == float("inf"):
+        raise DsaraError(f"eps must be a finite number >= 0, got {value!r}")
+    return eps
+
+
+def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y)
+
+
+def _input_grad(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
+                loss_fn: LossFn) -> torch.Tensor:
+    delta.requires_grad_(True)
+    loss = loss_fn(model(x + delta), y)
+    (grad,) = torch.autograd.grad(loss, delta)
+    return grad
+
+
+def _random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    delta = (2 * noise - 1) * eps
+    return (x + delta).clamp_(0, 1) - x  # keep x + delta inside the image box
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float,
+        steps: int, random_start: bool = True, loss_fn: LossFn | None = None,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Madry et al. L-inf PGD: `steps` signed-gradient ascent steps projected onto the eps-ball
+    around x and onto [0, 1]. Returns the adversarial images, detached, in x's dtype."""
+    if eps < 0 or steps < 0 or step_size < 0:
+        raise DsaraError(f"PGD needs eps, step size and steps >= 0; got {eps}, {step_size}, "
+                         f"{steps}")
+    loss_fn = loss_fn or _ce
+    x32 = x.detach().float()
+    if eps == 0 or steps == 0:
+        return x.detach().clone()
+    delta = _random_start(x32, eps, generator) if random_start else torch.zeros_like(x32)
+    for _ in range(steps):
+        grad = _input_grad(model, x32, delta, y, loss_fn)
+        with torch.no_grad():
+            delta = (delta + step_size * grad.sign()).clamp_(-eps, eps)
+            delta = (x32 + delta).clamp_(0, 1) - x32
+    return (x32 + delta).detach().to(x.dtype)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+         step_size: float | None = None, random_start: bool = True,
+         loss_fn: LossFn | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """FGSM; with random start (Wong et al., 2020) the step defaults to 1.25 * eps.
+    Without random start it is the classic single step of size eps."""
+    if step_size is None:
+        step_size = 1.25 * eps if random_start else eps
+    return pgd(model, x, y, eps, step_size, 1, random_start, loss_fn, generator)

@@ -1,0 +1,1 @@
+"""Subcommands of the `dsara` command line, one module per area."""

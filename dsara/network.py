@@ -1,0 +1,128 @@
+"""Discrete networks built from an architecture at any size: stem, cells, auxiliary head, classifier.
+
+Inputs are images in [0, 1]; normalization happens inside the model so that attacks work in pixel
+space. ``model(x)`` returns logits; ``model(x, return_aux=True)`` returns ``(logits, aux_logits)``,
+where ``aux_logits`` is None unless the model is training and has an auxiliary head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .genotype import CellGenotype
+from .ops import FactorizedReduce, Identity, ReLUConvBN, make_op
+from .space import Macro
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; inputs stay in [0, 1] outside the model."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def stem(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
+def preprocess(C_pp: int, C_p: int, C: int, reduction_prev: bool, affine: bool):
+    """Bring the two cell inputs to C channels at the same resolution (DARTS)."""
+    pre0 = (FactorizedReduce(C_pp, C, affine) if reduction_prev
+            else ReLUConvBN(C_pp, C, 1, 1, 0, affine))
+    return pre0, ReLUConvBN(C_p, C, 1, 1, 0, affine)
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples of a branch with probability drop_prob, rescaling the kept ones."""
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
+class Cell(nn.Module):
+    def __init__(self, genotype: CellGenotype, C_pp: int, C_p: int, C: int, reduction: bool,
+                 reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.pre0, self.pre1 = preprocess(C_pp, C_p, C, reduction_prev, affine=True)
+        self.ops = nn.ModuleList(
+            make_op(op, C, 2 if reduction and src < 2 else 1, affine=True)
+            for op, src in genotype.edges)
+        self.inputs = [src for _, src in genotype.edges]
+        self.concat = list(genotype.concat)
+        self.multiplier = len(self.concat)
+
+    def forward(self, s0, s1, drop_prob: float = 0.0):
+        states = [self.pre0(s0), self.pre1(s1)]
+        for k in range(0, len(self.ops), 2):
+            node = 0
+            for op, src in ((self.ops[k], self.inputs[k]), (self.ops[k + 1], self.inputs[k + 1])):
+                h = op(states[src])
+                if self.training and drop_prob > 0 and not isinstance(op, Identity):
+                    h = drop_path(h, drop_prob)
+                node = node + h
+            states.append(node)
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """DARTS' CIFAR auxiliary classifier; an adaptive pool makes it work at any input size."""
+
+    def __init__(self, C: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=False),  # its input feeds the next cells too
+            nn.AdaptiveAvgPool2d(2),
+            nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class Network(nn.Module):
+    """A discrete network: `Macro` layout + `Genotype` cells."""
+
+    has_auxiliary: bool
+
+    def __init__(self, genotype, macro: Macro):
+        super().__init__()
+        self.macro = macro
+        self.drop_path_prob = 0.0  # set by the trainer every epoch (ramped up to macro.drop_path)
+        self.normalize = Normalize(macro.mean, macro.std)
+        C_stem = macro.stem_multiplier * macro.C
+        self.stem = stem(len(macro.mean), C_stem)
+        C_pp, C_p, reduction_prev = C_stem, C_stem, False
+        plan = macro.cell_plan()
+        self.aux_index = 2 * len(plan) // 3 if macro.auxiliary_weight > 0 else -1
+        self.cells = nn.ModuleList()
+        self.auxiliary_head = None
+        for i, spec in enumerate(plan):
+            cell = Cell(genotype[spec.cell_type], C_pp, C_p, spec.C, spec.reduction,
+                        reduction_prev)
+            self.cells.append(cell)
+            C_pp, C_p, reduction_prev = C_p, cell.multiplier * spec.C, spec.reduction
+            if i == self.aux_index:
+                self.auxiliary_head = AuxiliaryHead(C_p, macro.num_classes)
+        self.has_auxiliary = self.auxiliary_head is not None
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, macro.num_classes)
+
+    def forward(self, x, return_aux: bool = False):
+        s0 = s1 = self.stem(self.normalize(x))
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_index and self.training:
+                aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.pool(s1).flatten(1))
+        return (logits, aux) if return_aux else logits
