@@ -227,11 +227,12 @@ def space_dirs() -> list[Path]:
 
 
 def data_dirs(kind: str) -> list[Path]:
+    """A checkout's top-level folder first, then the copy installed inside the package."""
     here = Path(__file__).resolve().parent
-    dirs = [here.parent / kind]
-    try:
+    dirs = [here.parent / kind, here / "_data" / kind]
+    try:  # editable installs map the package data through an import finder
         dirs.append(Path(str(importlib.resources.files(f"dsara._data.{kind}"))))
-    except (ModuleNotFoundError, TypeError):
+    except (ImportError, TypeError, ValueError):
         pass
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 

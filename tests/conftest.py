@@ -1,0 +1,14 @@
+"""Shared fixtures. Tests run on CPU with tiny sizes; seeds are fixed per test."""
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

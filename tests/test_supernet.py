@@ -1,0 +1,110 @@
+"""The property suite, run over every registered search space at its proxy size and a small size."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dsara
+from dsara.archfile import Architecture, load_architecture, save_architecture
+from dsara.space import list_spaces, load_space
+from dsara.supernet import Supernet
+
+SIZES = {"proxy": None, "small": (5, 8)}  # (cells, C)
+CASES = [(s, z) for s in list_spaces() for z in SIZES]
+
+
+def supernet(space_name, size):
+    space = load_space(space_name)
+    macro = space.proxy_macro()
+    if SIZES[size]:
+        macro = macro.resized(*SIZES[size])
+    return space, Supernet(macro, space.ops)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 32, 32, generator=g), torch.tensor([1, 3])
+
+
+@pytest.mark.parametrize("space_name,size", CASES)
+def test_supernet_properties(space_name, size, batch, tmp_path):
+    space, net = supernet(space_name, size)
+    x, y = batch
+    logits = net(x)
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+    # alpha: real parameters in the state dict, apart from the weights, one per cell type
+    state = net.state_dict()
+    assert {f"alphas.{t}" for t in net.macro.cell_types()} <= set(state)
+    arch_ids = {id(p) for p in net.arch_parameters()}
+    weight_ids = {id(p) for p in net.weight_parameters()}
+    assert not arch_ids & weight_ids
+    assert arch_ids | weight_ids == {id(p) for p in net.parameters()}
+
+    F.cross_entropy(logits, y).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+    # genotype -> file -> genotype
+    g = net.genotype()
+    arch = Architecture(g, space.final_macro())
+    back = load_architecture(save_architecture(arch, tmp_path / "arch.json"))
+    assert back.genotype == g
+
+    # the discrete network at the same small size trains one step
+    model = dsara.build_model(back, cells=5, channels=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    logits, aux = model(x, return_aux=True)
+    loss = F.cross_entropy(logits, y) + (F.cross_entropy(aux, y) if aux is not None else 0)
+    loss.backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("space_name", ["tiny", "tiny_darts"])
+def test_channels_last_gives_the_same_output(space_name, batch):
+    _, net = supernet(space_name, "proxy")
+    net.eval()
+    x, _ = batch
+    ref = net(x)
+    out = net.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_partial_channels_run_and_cut_the_op_parameters(batch):
+    space = load_space("tiny", overrides={"proxy.C": 8})
+    full = Supernet(space.proxy_macro(), space.ops)
+    part = Supernet(space.proxy_macro(), space.ops, partial_k=2)
+    x, y = batch
+    F.cross_entropy(part(x), y).backward()
+    assert all(a.grad is not None for a in part.arch_parameters())
+    assert sum(p.numel() for p in part.weight_parameters()) < \
+        sum(p.numel() for p in full.weight_parameters())
+
+
+def test_discrete_network_eval_has_no_aux_and_train_has_it(batch):
+    model = dsara.build_model("ARNAS", cells=5, channels=8)
+    x, _ = batch
+    model.eval()
+    assert model(x, return_aux=True)[1] is None
+    model.train()
+    assert model(x, return_aux=True)[1].shape == (2, 10)
+    assert model(x).shape == (2, 10)
+
+
+def test_drop_path_is_active_only_in_training(batch):
+    model = dsara.build_model("DARTS_V2", cells=5, channels=8, auxiliary=False)
+    model.drop_path_prob = 0.5
+    x, _ = batch
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x))
