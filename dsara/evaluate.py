@@ -1,0 +1,240 @@
+"""Robustness evaluation a reviewer accepts, and the sanity checks that catch a broken one.
+
+The model is evaluated in eval mode (a model left in train mode is switched, with a warning) and in
+fp32, on the whole test split unless told otherwise. A sample counts as robust only if it is
+classified correctly under every attack asked for (worst case per sample). All attacks are L-inf in
+[0, 1] pixel space:
+
+    clean       no attack
+    fgsm        one signed step of eps, no random start (Goodfellow et al., 2015)
+    pgd20       PGD, 20 steps of eps/4, uniform random start (Madry et al., 2018)
+    pgd100      PGD, 100 steps of eps/4, uniform random start
+    cw          CW-L-inf: PGD on the Carlini-Wagner margin loss, 30 steps of eps/4, random start
+    autoattack  standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein, 2020) through
+                the authors' library, the optional extra ``pip install pyautoattack``
+
+`sanity_checks` runs the checks of Carlini et al., "On Evaluating Adversarial Robustness" (2019):
+eps = 0 gives clean accuracy, accuracy does not rise with eps or with steps, a large eps drives it
+to about zero, and multi-step PGD is not weaker than FGSM.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attacks import fgsm, pgd
+from .data import ImageSet, Loader
+from .errors import DsaraError
+
+AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator],
+                    torch.Tensor]
+INSTALL_AUTOATTACK = 'pip install pyautoattack (or pip install "dsara[autoattack]")'
+
+
+def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin, summed over the batch: max_{j != y} z_j - z_y (ascent target)."""
+    z = logits.float()
+    correct = z.gather(1, y[:, None]).squeeze(1)
+    other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
+    return (other - correct).sum()
+
+
+def _clean(model, x, y, eps, gen):
+    return x
+
+
+def _fgsm(model, x, y, eps, gen):
+    return fgsm(model, x, y, eps, random_start=False)
+
+
+def _pgd(model, x, y, eps, gen, steps: int, loss_fn=None):
+    return pgd(model, x, y, eps, eps / 4, steps, loss_fn=loss_fn, generator=gen)
+
+
+def _import_autoattack():
+    """(AutoAttack class, True if it is the `pyautoattack` package API)."""
+    try:
+        from pyautoattack import AutoAttack
+
+        return AutoAttack, True
+    except ImportError:
+        pass
+    try:
+        from autoattack import AutoAttack  # the authors' git repository, older API
+
+        return AutoAttack, False
+    except ImportError:
+        raise DsaraError(f"the autoattack attack needs the AutoAttack library: "
+                         f"{INSTALL_AUTOATTACK}") from None
+
+
+def _autoattack(model, x, y, eps, gen):
+    cls, packaged = _import_autoattack()
+    if packaged:
+        adversary = cls(model, norm="Linf", eps=eps, version="standard", device=x.device, seed=0)
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+    else:
+        adversary = cls(model, norm="Linf", eps=eps, version="standard", device=x.device,
+                        seed=0, verbose=False)
+        x_adv = adversary.run_standard_evaluation(x, y, bs=len(x))
+    return x_adv
+
+
+ATTACKS: dict[str, AttackFn] = {
+    "clean": _clean,
+    "fgsm": _fgsm,
+    "pgd20": partial(_pgd, steps=20),
+    "pgd100": partial(_pgd, steps=100),
+    "cw": partial(_pgd, steps=30, loss_fn=cw_margin),
+    "autoattack": _autoattack,
+}
+
+
+def parse_attacks(text: str | Sequence[str]) -> list[str]:
+    """``"clean,pgd20"`` -> ``["clean", "pgd20"]``; unknown names fail with the known ones."""
+    names = [a.strip().lower() for a in (text.split(",") if isinstance(text, str) else text)]
+    names = [a for a in dict.fromkeys(names) if a]
+    unknown = [a for a in names if a not in ATTACKS]
+    if unknown or not names:
+        raise DsaraError(f"unknown attack {(unknown or [''])[0]!r}; attacks: {', '.join(ATTACKS)}")
+    if "autoattack" in names:
+        _import_autoattack()  # fail before hours of other attacks, not after
+    return names
+
+
+def prepare_for_eval(model: nn.Module) -> nn.Module:
+    """Eval mode and fp32; a model left in train mode is switched with a warning."""
+    if model.training:
+        warnings.warn("the model was in train mode; switched to eval mode for evaluation "
+                      "(BatchNorm running statistics, no drop-path)", stacklevel=2)
+    return model.eval().float()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@dataclass
+class EvalReport:
+    eps: float  # L-inf radius in [0, 1] pixel units
+    n: int  # test images evaluated
+    accuracy: dict[str, float]  # attack -> accuracy (0..1)
+    worst_case: float  # fraction correct under every attack asked for
+    seconds: dict[str, float] = field(default_factory=dict)  # attack -> wall time
+    meta: dict[str, Any] = field(default_factory=dict)  # model, checkpoint, dataset, device
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mode": "eval", "dtype": "float32"}
+
+    def table(self) -> str:
+        head = (f"eps = {self.eps:.5f} ({self.eps * 255:.2f}/255), n = {self.n}, eval mode, fp32")
+        rows = [f"{'attack':<12} {'accuracy':>9} {'time':>9}"]
+        rows += [f"{name:<12} {100 * acc:>8.2f}% {self.seconds.get(name, 0):>8.1f}s"
+                 for name, acc in self.accuracy.items()]
+        rows.append(f"{'worst case':<12} {100 * self.worst_case:>8.2f}%")
+        return "\n".join([head, *rows])
+
+
+def _correct_under(model, attack: AttackFn, x, y, eps, gen) -> torch.Tensor:
+    x_adv = attack(model, x, y, eps, gen)
+    with torch.no_grad():
+        return model(x_adv.float()).argmax(1) == y
+
+
+def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: float, *,
+             batch_size: int = 256, device: str | torch.device = "cpu", seed: int = 0,
+             meta: dict[str, Any] | None = None) -> EvalReport:
+    """Accuracy under each attack and worst case per sample, over all of `data`."""
+    names = parse_attacks(list(attacks))
+    model = prepare_for_eval(model).to(device)
+    loader = Loader(data, min(batch_size, len(data)), shuffle=False, drop_last=False,
+                    device=device)
+    correct = {name: [] for name in names}
+    seconds = dict.fromkeys(names, 0.0)
+    for i, name in enumerate(names):
+        gen = torch.Generator(loader.device).manual_seed(seed + i)
+        t0 = time.perf_counter()
+        for x, y in loader.epoch(0):
+            correct[name].append(_correct_under(model, ATTACKS[name], x, y, eps, gen))
+        seconds[name] = time.perf_counter() - t0
+    per_sample = {k: torch.cat(v) for k, v in correct.items()}
+    worst = torch.stack(list(per_sample.values())).all(0)
+    n = len(data)
+    return EvalReport(eps, n, {k: v.sum().item() / n for k, v in per_sample.items()},
+                      worst.sum().item() / n, seconds, dict(meta or {}, device=str(device)))
+
+
+# ----------------------------------------------------------------------------- sanity checks
+
+@dataclass
+class SanityResult:
+    name: str
+    passed: bool
+    detail: str
+
+
+def _accuracy(model, x, y, attack: Callable, batch_size: int, seed: int) -> float:
+    gen = torch.Generator(x.device).manual_seed(seed)
+    hits = [_correct_under(model, attack, x[i:i + batch_size], y[i:i + batch_size], None, gen)
+            for i in range(0, len(x), batch_size)]
+    return torch.cat(hits).float().mean().item()
+
+
+def _pgd_at(eps: float, steps: int, step_size: float):
+    return lambda m, x, y, _eps, gen: pgd(m, x, y, eps, step_size, steps, generator=gen)
+
+
+def _largest_rise(seq: Sequence[float]) -> float:
+    return max((b - a for a, b in zip(seq[:-1], seq[1:], strict=True)), default=0.0)
+
+
+def _pct(values) -> str:
+    return ", ".join(f"{100 * v:.1f}%" for v in values)
+
+
+def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+                  batch_size: int = 256, seed: int = 0, large_eps: float = 1.0,
+                  near_zero: float = 0.05) -> list[SanityResult]:
+    """Run the evaluation sanity checks on images `x` (in [0, 1]) and labels `y`.
+
+    Random starts make accuracies noisy by a sample or two, so "does not rise" allows a rise of
+    max(1 point, 2 samples). "About zero" means at most `near_zero` at eps = `large_eps` (1.0 lets
+    the attacker reach any image).
+    """
+    model = prepare_for_eval(model)
+    tol = max(0.01, 2 / len(x))
+    acc = partial(_accuracy, model, x, y, batch_size=batch_size, seed=seed)
+    clean = acc(_clean)
+    at_zero = acc(_pgd_at(0.0, 20, 0.0))
+    eps_grid = [0.0, eps / 4, eps / 2, eps, 2 * eps]
+    by_eps = [acc(_pgd_at(e, 20, e / 4)) for e in eps_grid]
+    step_grid = [1, 5, 20]
+    by_steps = [acc(_pgd_at(eps, s, max(eps / 4, 2.5 * eps / s))) for s in step_grid]
+    large = acc(_pgd_at(large_eps, 20, large_eps / 8))
+    fgsm_acc = acc(lambda m, x_, y_, _eps, gen: _fgsm(m, x_, y_, eps, gen))
+    pgd_acc = by_eps[3]
+    return [
+        SanityResult("eps=0 gives clean accuracy", at_zero == clean,
+                     f"clean {100 * clean:.2f}%, PGD-20 at eps 0 {100 * at_zero:.2f}%"),
+        SanityResult("accuracy does not rise with eps", _largest_rise(by_eps) <= tol,
+                     f"PGD-20 at eps x(0, 1/4, 1/2, 1, 2): {_pct(by_eps)}"),
+        SanityResult("accuracy does not rise with steps", _largest_rise(by_steps) <= tol,
+                     f"PGD at 1, 5, 20 steps: {_pct(by_steps)}"),
+        SanityResult("large eps drives accuracy to about zero", large <= near_zero,
+                     f"PGD-20 at eps {large_eps:g}: {100 * large:.2f}% "
+                     f"(pass: <= {100 * near_zero:.0f}%)"),
+        SanityResult("multi-step PGD is not weaker than FGSM", pgd_acc <= fgsm_acc + tol,
+                     f"FGSM {100 * fgsm_acc:.2f}%, PGD-20 {100 * pgd_acc:.2f}%"),
+    ]
+
+
+def sanity_table(results: Sequence[SanityResult]) -> str:
+    return "\n".join(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<42} {r.detail}"
+                     for r in results)

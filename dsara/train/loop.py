@@ -1,0 +1,332 @@
+"""Adversarial retraining of a searched architecture or a baseline: `run(TrainConfig) -> TrainResult`.
+
+One run directory holds everything: ``config.json`` (the resolved config), ``last.pt`` (written
+atomically after every epoch: model, optimizer, scheduler, epoch, best-so-far, history),
+``best.pt`` (the weights with the best PGD accuracy on the validation split) and ``metrics.json``.
+Calling `run` again on the same directory resumes from ``last.pt``; every random draw is a function
+of (seed, epoch), so an interrupted and resumed run ends bit-identical to an uninterrupted one.
+
+Model selection uses a validation split held out (seeded, class-stratified) from the training set;
+the test set is never looked at during training.
+
+FGSM-RS guard against catastrophic overfitting (Wong et al., 2020): after every epoch the PGD
+accuracy on the validation split is measured; if it falls by more than `overfit_guard` (absolute,
+e.g. 0.2 = 20 points) from the previous epoch, training stops and ``best.pt`` (chosen before the
+collapse) is the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..archfile import write_json_atomic
+from ..attacks import pgd
+from ..data import DATASETS, Loader, SyntheticConfig, load_dataset, split_train
+from ..errors import DsaraError
+from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
+from .losses import METHODS, AdvParams, get_method
+
+SCHEDULES = ("piecewise", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    arch: str  # architecture file (.json), built-in cell name (ARNAS, DARTS_V2) or baseline name
+    out: str  # run directory
+    dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | imagefolder | synthetic
+    data_root: str | None = None  # dataset directory (not needed for synthetic)
+    download: bool = False  # fetch cifar/svhn into data_root if missing
+    synthetic: dict[str, Any] | None = None  # SyntheticConfig fields, for dataset = synthetic
+    method: str = "pgd-at"  # pgd-at | trades | mart | fgsm-rs
+    epochs: int = 200  # DSARA reference retraining: 200
+    batch_size: int = 128  # images per SGD step
+    lr: float = 0.1  # SGD learning rate at the start (per batch of batch_size, not rescaled)
+    momentum: float = 0.9
+    weight_decay: float | None = None  # None: 1e-4 cell nets (DSARA ref.), 5e-4 baselines (Rice)
+    schedule: str = "piecewise"  # piecewise: lr x0.1 at each milestone; cosine: to 0 at the end
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of epochs (ref.: 100 and 150 of 200)
+    grad_clip: float | None = None  # max gradient norm; None: 5 cell nets (DARTS ref.), 0 = off
+    eps: float = 8 / 255  # L-inf radius of training attacks, in [0, 1] pixel units
+    step_size: float | None = None  # inner attack step in pixel units; None: method default
+    steps: int | None = None  # inner attack steps; None: method default (10; fgsm-rs 1)
+    beta: float = 6.0  # TRADES / MART regularizer weight
+    cells: int | None = None  # total cells of a cell network; None: the architecture's
+    channels: int | None = None  # initial channels C of a cell network; None: the architecture's
+    auxiliary_weight: float | None = None  # auxiliary-head CE weight; None: the architecture's
+    drop_path: float | None = None  # final drop-path probability (ramped from 0); None: arch's
+    val_size: int = 1000  # training images held out for model selection (never the test set)
+    val_steps: int = 10  # PGD steps (of eps/4) of the validation attack
+    overfit_guard: float = 0.2  # fgsm-rs: stop if val PGD accuracy falls by more (0..1) in an epoch
+    augment: bool = True  # pad-4 random crop + horizontal flip
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N
+
+    def resolved(self) -> TrainConfig:
+        """Fill method and model defaults and validate; the result is what config.json holds."""
+        _, step_factor, default_steps = get_method(self.method)
+        baseline = _is_baseline(self.arch)
+        c = dataclasses.replace(
+            self, out=str(self.out), milestones=tuple(float(m) for m in self.milestones),
+            step_size=step_factor * self.eps if self.step_size is None else self.step_size,
+            steps=default_steps if self.steps is None else self.steps,
+            weight_decay=(5e-4 if baseline else 1e-4) if self.weight_decay is None
+            else self.weight_decay,
+            grad_clip=(0.0 if baseline else 5.0) if self.grad_clip is None else self.grad_clip)
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        checks = [
+            (self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; datasets: "
+                                       f"{', '.join(DATASETS)}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; schedules: "
+                                         f"{', '.join(SCHEDULES)}"),
+            (all(0 < m < 1 for m in self.milestones), "milestones are fractions of the epochs, "
+                                                       f"each in (0, 1); got {self.milestones}"),
+            (0 <= self.eps <= 1, f"eps must be in [0, 1] (pixel units), got {self.eps}"),
+            (self.steps >= 1 and self.step_size >= 0, "attack steps must be >= 1 and step "
+                                                      f"size >= 0, got {self.steps}, "
+                                                      f"{self.step_size}"),
+            (self.val_size >= 1, f"val_size must be >= 1 image, got {self.val_size}"),
+            (0 < self.overfit_guard <= 1, "overfit_guard is an accuracy drop in (0, 1], got "
+                                          f"{self.overfit_guard}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DsaraError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+def _is_baseline(arch: str) -> bool:
+    from ..baselines import baseline_name
+
+    return baseline_name(arch) is not None and not Path(arch).is_file()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int  # 1-based epoch of best.pt, 0 if none
+    best_val_robust: float  # PGD accuracy on the validation split, 0..1
+    best_val_clean: float
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Multiplier of cfg.lr during `epoch` (0-based)."""
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    return 0.1 ** sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A distinct non-negative seed per (run seed, epoch, random stream); epoch -1 = outside
+    the epochs (weight init, validation)."""
+    return ((seed * 1_000_003 + epoch + 1) * 8 + stream) % 2**63
+
+
+def load_data(cfg: TrainConfig):
+    """(train part, validation part, test, info); the validation part is held out of training."""
+    synthetic = SyntheticConfig(**cfg.synthetic) if cfg.synthetic else None
+    train, test, info = load_dataset(cfg.dataset, cfg.data_root, cfg.download, synthetic=synthetic)
+    if cfg.val_size >= len(train):
+        raise DsaraError(f"val_size {cfg.val_size} must be smaller than the training set "
+                         f"({len(train)} images)")
+    fit, val = split_train(train, arch_fraction=cfg.val_size / len(train), seed=cfg.seed)
+    return fit, val, test, info
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig):
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(cfg, e))
+
+
+@torch.no_grad()
+def _correct(model, x, y) -> torch.Tensor:
+    return (model(x).argmax(1) == y).sum()
+
+
+def validate(model: nn.Module, loader: Loader, cfg: TrainConfig) -> dict[str, float]:
+    """Clean and PGD accuracy (eps, step eps/4, val_steps, fixed random start) in eval mode."""
+    model.eval()
+    gen = torch.Generator(loader.device).manual_seed(epoch_seed(cfg.seed, -1, 3))
+    clean = robust = torch.zeros((), device=loader.device)
+    for x, y in loader.epoch(0):
+        clean = clean + _correct(model, x, y)
+        x_adv = pgd(model, x, y, cfg.eps, cfg.eps / 4, cfg.val_steps, generator=gen)
+        robust = robust + _correct(model, x_adv, y)
+    model.train()
+    n = len(loader.labels)
+    return {"val_clean": clean.item() / n, "val_robust": robust.item() / n}
+
+
+def train_epoch(model, loader: Loader, epoch: int, method, params: AdvParams, optimizer,
+                grad_clip: float, generator) -> dict[str, float]:
+    """One epoch of adversarial training; returns the mean loss and the mean of each term."""
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    for x, y in loader.epoch(epoch):
+        loss, terms = method(model, x, y, params, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        for k, v in {"loss": loss.detach(), **terms}.items():
+            sums[k] = sums.get(k, 0) + v.float()
+    means = {k: v.item() / len(loader) for k, v in sums.items()}
+    if not math.isfinite(means["loss"]):
+        raise DsaraError(f"the training loss became {means['loss']} in epoch {epoch + 1}; "
+                         "lower --lr or check the data")
+    return means
+
+
+# ----------------------------------------------------------------------------- state
+
+def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler) -> dict[str, Any]:
+    """Load last.pt if present (after checking it is this run's); else a fresh state."""
+    fresh = {"epoch": 0, "best": {"epoch": 0, "val_robust": -1.0, "val_clean": 0.0},
+             "history": [], "stopped_early": False}
+    path = run_dir / "last.pt"
+    if not path.exists():
+        return fresh
+    ckpt = load_checkpoint(path)
+    _check_same_run(ckpt.get("config", {}), cfg, run_dir)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return {k: ckpt[k] for k in fresh}
+
+
+def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
+    now = cfg.to_dict()
+    ignore = {"out", "device"}
+    diff = sorted(k for k in now if k not in ignore and saved.get(k) != now[k])
+    if not diff:
+        return
+    if "arch" in diff:
+        raise DsaraError(f"{run_dir} holds a run of architecture {saved.get('arch')!r}, not "
+                         f"{cfg.arch!r}; choose another --out directory")
+    raise DsaraError(f"{run_dir} holds a run with another config (differs in: {', '.join(diff)}); "
+                     "resume with the same options or choose another --out directory")
+
+
+def _save(run_dir: Path, cfg, spec, model, optimizer, scheduler, state, improved: bool) -> None:
+    common = {"model_spec": spec, "config": cfg.to_dict(), "model": model.state_dict()}
+    if improved:
+        save_checkpoint(run_dir / "best.pt", {**common, "epoch": state["epoch"],
+                                              "best": state["best"]})
+    save_checkpoint(run_dir / "last.pt", {**common, **state, "optimizer": optimizer.state_dict(),
+                                          "scheduler": scheduler.state_dict()})
+    write_json_atomic(run_dir / "metrics.json", {"best": state["best"],
+                                                 "stopped_early": state["stopped_early"],
+                                                 "history": state["history"]})
+
+
+def _format(record: dict[str, Any], epochs: int) -> str:
+    terms = "  ".join(f"{k} {v:.4f}" for k, v in record["train"].items())
+    return (f"epoch {record['epoch']:>3}/{epochs}  lr {record['lr']:.4g}  {terms}  "
+            f"val clean {100 * record['val_clean']:.1f}%  "
+            f"val pgd {100 * record['val_robust']:.1f}%  {record['time_s']:.1f} s")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def run(config: TrainConfig, max_epochs: int | None = None,
+        log: Callable[[str], None] = print) -> TrainResult:
+    """Train (or resume) the run in ``config.out``. `max_epochs` caps the epochs done by this call
+    (a time-sliced job); calling again continues where it stopped."""
+    cfg = config.resolved()
+    run_dir = Path(cfg.out)
+    device = torch.device(cfg.device)
+    fit, val, _test, info = load_data(cfg)
+    spec = model_spec(cfg.arch, info.num_classes, info.mean, info.std, cells=cfg.cells,
+                      channels=cfg.channels, auxiliary_weight=cfg.auxiliary_weight,
+                      drop_path=cfg.drop_path)
+    torch.manual_seed(epoch_seed(cfg.seed, -1, 0))  # weight init
+    model = build_from_spec(spec).to(device)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    state = _resume(run_dir, cfg, model, optimizer, scheduler)
+    if state["epoch"] == 0:
+        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    loader = Loader(fit, cfg.batch_size, augment=cfg.augment, device=device, seed=cfg.seed)
+    val_loader = Loader(val, min(cfg.batch_size, len(val)), shuffle=False, drop_last=False,
+                        device=device)
+    method = get_method(cfg.method)[0]
+    macro = getattr(model, "macro", None)
+    params = AdvParams(cfg.eps, cfg.step_size, cfg.steps, cfg.beta,
+                       macro.auxiliary_weight if getattr(model, "has_auxiliary", False) else 0.0)
+    final_drop_path = macro.drop_path if macro is not None else 0.0
+    start, done = state["epoch"], 0
+    for epoch in range(start, cfg.epochs):
+        if state["stopped_early"] or (max_epochs is not None and done >= max_epochs):
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))  # drop-path masks
+        gen = torch.Generator(device).manual_seed(epoch_seed(cfg.seed, epoch, 2))  # attack starts
+        model.drop_path_prob = final_drop_path * epoch / cfg.epochs
+        lr = optimizer.param_groups[0]["lr"]
+        train_terms = train_epoch(model, loader, epoch, method, params, optimizer,
+                                  cfg.grad_clip, gen)
+        scheduler.step()
+        record = {"epoch": epoch + 1, "lr": lr, "train": train_terms,
+                  **validate(model, val_loader, cfg)}
+        record["time_s"] = time.perf_counter() - t0
+        prev = state["history"][-1]["val_robust"] if state["history"] else None
+        state["history"].append(record)
+        improved = record["val_robust"] > state["best"]["val_robust"]
+        if improved:
+            state["best"] = {"epoch": epoch + 1, "val_robust": record["val_robust"],
+                             "val_clean": record["val_clean"]}
+        if (cfg.method == "fgsm-rs" and prev is not None
+                and prev - record["val_robust"] > cfg.overfit_guard):
+            state["stopped_early"] = True
+            log(f"catastrophic overfitting: val PGD accuracy fell from {100 * prev:.1f}% to "
+                f"{100 * record['val_robust']:.1f}%; stopping, best.pt is from epoch "
+                f"{state['best']['epoch']}")
+        state["epoch"] = epoch + 1
+        _save(run_dir, cfg, spec, model, optimizer, scheduler, state, improved)
+        log(_format(record, cfg.epochs))
+        done += 1
+    return TrainResult(run_dir, state["epoch"], state["best"]["epoch"],
+                       max(state["best"]["val_robust"], 0.0), state["best"]["val_clean"],
+                       state["stopped_early"], state["history"])
+
+
+def read_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config of a run directory."""
+    path = Path(run_dir) / "config.json"
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DsaraError(f"{run_dir} has no config.json; is it a `dsara train` run directory?") \
+            from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DsaraError(f"cannot read {path}: {e}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in known})
+
+
+__all__ = ["METHODS", "TrainConfig", "TrainResult", "load_data", "read_config", "run"]
