@@ -1,0 +1,440 @@
+"""Datasets held whole in memory as uint8, a seeded arch-val split, and a device-resident loader.
+
+A split is an `ImageSet`: every image as uint8 ``(N, C, H, W)`` plus int64 labels. Inputs reach the
+model as floats in [0, 1]; normalization (`DatasetInfo.mean` / `std`) happens inside the model, so
+attacks and their eps live in pixel units.
+
+Datasets, by name (`DATASETS`):
+- ``cifar10``, ``cifar100``, ``svhn``: through `torchvision.datasets`, downloaded only when asked.
+- ``imagefolder``: ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (png/jpg/jpeg/bmp/webp).
+  Classes are the sorted sub-folder names and must be the same in both splits. Images are converted
+  to RGB and must all have one square size: nothing is resized, because resampling would silently
+  change the pixels an eps-ball is measured in; resize the files beforehand instead.
+- ``synthetic``: built in and offline, see `make_synthetic`.
+
+`Loader` moves a split to its device once and draws every batch there: shuffling and augmentation
+(pad-4 random crop + horizontal flip) are tensor ops on that device, and every random draw is a pure
+function of ``(seed, epoch, step)``, so a run resumed mid-epoch sees the very same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DsaraError
+
+DATASETS = ["cifar10", "cifar100", "svhn", "imagefolder", "synthetic"]
+
+# Per-channel statistics of [0, 1] pixels of the training splits (the usual published values).
+_KNOWN_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A whole split in memory: uint8 images ``(N, C, H, W)`` (contiguous) and int64 labels ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DsaraError(f"ImageSet images must be uint8 (N, C, H, W), got "
+                             f"{self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
+            raise DsaraError(f"ImageSet labels must be int64 ({self.images.shape[0]},), got "
+                             f"{self.labels.dtype} {tuple(self.labels.shape)}")
+        object.__setattr__(self, "images", self.images.contiguous())  # frozen, but normalise layout
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        """The samples at `index` (int64 positions or a bool mask), in that order."""
+        return ImageSet(self.images[index].contiguous(), self.labels[index])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset; mean/std are per channel, of [0, 1] pixels."""
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_train: int = 2048
+    n_test: int = 512
+    num_classes: int = 10
+    image_size: int = 32  # pixels per side
+    channels: int = 3
+    noise: float = 0.15  # per-pixel Gaussian noise std, in [0, 1] pixel units
+    seed: int = 0  # same seed -> identical bytes
+
+    def __post_init__(self):
+        if self.n_train < 1 or self.n_test < 1:
+            raise DsaraError(f"synthetic n_train and n_test must be >= 1, got {self.n_train}, {self.n_test}")
+        if self.num_classes < 2:
+            raise DsaraError(f"synthetic num_classes must be >= 2, got {self.num_classes}")
+        if self.image_size < 8 or self.channels < 1:
+            raise DsaraError(f"synthetic images need image_size >= 8 and channels >= 1, got "
+                             f"{self.image_size} and {self.channels}")
+        if not self.noise >= 0:
+            raise DsaraError(f"synthetic noise must be >= 0 (a pixel std), got {self.noise}")
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+def _prototypes(cfg: SyntheticConfig, gen: torch.Generator) -> torch.Tensor:
+    """One smooth random pattern per class, ``(K, C, S, S)`` in [0.1, 0.9]."""
+    grid = max(2, cfg.image_size // 8)  # 4x4 control points at 32 px: smooth, yet distinct per class
+    coarse = 0.1 + 0.8 * torch.rand(cfg.num_classes, cfg.channels, grid, grid, generator=gen)
+    return F.interpolate(coarse, size=cfg.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _synthetic_split(protos: torch.Tensor, n: int, cfg: SyntheticConfig,
+                     gen: torch.Generator) -> ImageSet:
+    k, _, size, _ = protos.shape
+    labels = (torch.arange(n) % k)[torch.randperm(n, generator=gen)]  # balanced to within one
+    shift = 3  # random translation of up to 3 px, so a fixed pixel is no reliable feature
+    padded = F.pad(protos, (shift,) * 4, mode="replicate")
+    windows = padded.unfold(2, size, 1).unfold(3, size, 1)  # (K, C, 2s+1, 2s+1, S, S), a view
+    top, left = torch.randint(0, 2 * shift + 1, (2, n), generator=gen)
+    x = windows[labels, :, top, left]  # (n, C, S, S): every sample's shifted prototype
+    contrast = 0.6 + 0.6 * torch.rand(n, 1, 1, 1, generator=gen)  # x0.6..x1.2 around mid-grey
+    brightness = 0.16 * torch.rand(n, 1, 1, 1, generator=gen) - 0.08
+    x.sub_(0.5).mul_(contrast).add_(0.5 + brightness)
+    x.add_(torch.randn(x.shape, generator=gen).mul_(cfg.noise))
+    return ImageSet(_to_uint8(x), labels)
+
+
+def make_synthetic(cfg: SyntheticConfig | None = None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) of the built-in synthetic dataset: deterministic, offline, learnable.
+
+    Each class k has a prototype P_k: uniform random values in [0.1, 0.9] on a coarse 4x4 grid per
+    channel (image_size // 8 per side), bicubically upsampled -- a smooth pattern whose pixels differ
+    between classes by about 0.3 on average, far beyond an eps of 8/255. A sample of class k is
+    ``0.5 + c * (P_k - 0.5) + b``, contrast c ~ U[0.6, 1.2], brightness b ~ U[-0.08, 0.08],
+    translated by up to 3 px (edges replicated), plus i.i.d. N(0, noise^2) per pixel, clamped to
+    [0, 1] and rounded to uint8. Contrast, brightness, shift and noise overlap the classes pixel by
+    pixel, so no single pixel separates them, while the whole pattern does. Train and test share
+    the prototypes and draw samples from separate streams of one generator seeded with `cfg.seed`.
+    """
+    cfg = cfg or SyntheticConfig()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    protos = _prototypes(cfg, gen)
+    train = _synthetic_split(protos, cfg.n_train, cfg, gen)
+    test = _synthetic_split(protos, cfg.n_test, cfg, gen)
+    return train, test
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp_(0, 1).mul_(255).round_().to(torch.uint8).contiguous()  # in place: x is a temporary
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_dataset(name: str, root: str | Path | None = None, download: bool = False, *,
+                 synthetic: SyntheticConfig | None = None) -> tuple[ImageSet, ImageSet, DatasetInfo]:
+    """(train, test, info) of dataset `name` (one of `DATASETS`).
+
+    cifar10 / cifar100 / svhn are read from `root` through torchvision, fetched there only when
+    `download` is true. imagefolder reads ``root/train/<class>/*`` and ``root/test/<class>/*``
+    (sorted class names, identical in both; RGB; one square size, never resized). synthetic is built
+    in memory from `synthetic` (default `SyntheticConfig()`), ignoring `root`.
+    """
+    if name not in DATASETS:
+        raise DsaraError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    if synthetic is not None and name != "synthetic":
+        raise DsaraError(f"a synthetic config was given for dataset {name!r}; it only applies to 'synthetic'")
+    if name == "synthetic":
+        train, test = make_synthetic(synthetic)
+        num_classes = (synthetic or SyntheticConfig()).num_classes
+    elif name == "imagefolder":
+        train, test, num_classes = _load_imagefolder(_need_root(name, root))
+    else:
+        train, test = _load_torchvision(name, _need_root(name, root), download)
+        num_classes = _NUM_CLASSES[name]
+    for split, data in (("train", train), ("test", test)):
+        if len(data) == 0:
+            raise DsaraError(f"dataset {name!r} has an empty {split} split; check --data-root")
+    mean, std = _KNOWN_STATS.get(name) or channel_stats(train.images)
+    _, c, h, _ = train.images.shape
+    return train, test, DatasetInfo(name, num_classes, c, h, tuple(mean), tuple(std))
+
+
+def _need_root(name: str, root: str | Path | None) -> Path:
+    if root is None:
+        raise DsaraError(f"dataset {name!r} needs a data root; pass --data-root DIR "
+                         f"(with --download to fetch cifar10/cifar100/svhn there)")
+    return Path(root).expanduser()
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images ``(N, C, H, W)`` as [0, 1] pixels."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for part in images.split(chunk):  # float64 copies of a chunk only, not of the whole split
+        x = part.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)  # (C, n*H*W)
+        total += x.sum(1)
+        squares += x.square().sum(1)
+    count = images.numel() // c
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
+    if not download and not all((root / f).is_file() for f in _EXPECTED_FILES[name]):
+        raise _not_found(name, root)  # before importing torchvision, which costs seconds
+    try:
+        return _torchvision_split(name, root, True, download), _torchvision_split(name, root, False, download)
+    except (RuntimeError, OSError) as e:
+        if name in _CIFAR_FILES and _cifar_files_present(name, root):
+            # torchvision checks md5 sums against the original release and calls any other copy
+            # "not found or corrupted" (e.g. the re-encoded CIFAR-10 in /work/shared/data). The
+            # pickled python format is simple and public, so read the batches ourselves instead.
+            return _read_cifar_pickles(name, root, True), _read_cifar_pickles(name, root, False)
+        if download:
+            raise DsaraError(f"could not download {name} into {root} ({e}); fetch it elsewhere "
+                             f"and point --data-root at it") from None
+        raise _not_found(name, root) from None
+
+
+def _not_found(name: str, root: Path) -> DsaraError:
+    return DsaraError(f"{name} files not found under {root} (expected {_EXPECTED_FILES[name][0]}, ...); "
+                      f"pass --download to fetch them or point --data-root at a folder that holds them")
+
+
+def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> ImageSet:
+    import torchvision.datasets as tvd  # lazily: importing torchvision costs about a second
+
+    if name == "svhn":
+        try:
+            import scipy.io  # noqa: F401  (torchvision's SVHN reads .mat files with scipy)
+        except ImportError:
+            raise DsaraError("the svhn dataset needs scipy; run `pip install scipy`") from None
+        ds = tvd.SVHN(str(root), split="train" if train else "test", download=download)
+        return ImageSet(torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels, dtype=torch.int64))
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    ds = cls(str(root), train=train, download=download)
+    return _from_hwc(ds.data, ds.targets)
+
+
+def _from_hwc(data: np.ndarray, labels) -> ImageSet:
+    images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2)  # (N,H,W,C) -> (N,C,H,W)
+    return ImageSet(images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+
+
+# folder, train files, test files, label key: the layout of the python versions of CIFAR.
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+
+_EXPECTED_FILES = {name: [f"{folder}/{f}" for f in train + test]
+                   for name, (folder, train, test, _) in _CIFAR_FILES.items()}
+_EXPECTED_FILES["svhn"] = ["train_32x32.mat", "test_32x32.mat"]
+
+
+def _cifar_files_present(name: str, root: Path) -> bool:
+    return all((root / f).is_file() for f in _EXPECTED_FILES[name])
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and numpy arrays only: a data file cannot run code."""
+
+    # Protocol-2 pickles written by Python 3 encode bytes through _codecs.encode.
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a dataset file")
+        return super().find_class(module, name)
+
+
+def _read_cifar_pickles(name: str, root: Path, train: bool) -> ImageSet:
+    """The same arrays torchvision would return, read from the pickled batches in file order."""
+    folder, train_files, test_files, label_key = _CIFAR_FILES[name]
+    data, labels = [], []
+    for file in train_files if train else test_files:
+        path = root / folder / file
+        try:
+            with open(path, "rb") as f:
+                batch = _ArrayUnpickler(f, encoding="latin1").load()
+        except (OSError, pickle.UnpicklingError, EOFError) as e:
+            raise DsaraError(f"cannot read {path}: {e}; re-create or re-download the dataset") from None
+        data.append(np.asarray(batch[b"data"] if b"data" in batch else batch["data"], dtype=np.uint8))
+        labels.extend(batch[label_key] if label_key in batch else batch[label_key.decode()])
+    x = np.concatenate(data).reshape(-1, 3, 32, 32)  # rows of 3072 = channel planes of 32x32
+    return ImageSet(torch.from_numpy(x).contiguous(), torch.as_tensor(labels, dtype=torch.int64))
+
+
+def _class_dirs(root: Path, split: str) -> list[str]:
+    base = root / split
+    if not base.is_dir():
+        raise DsaraError(f"imagefolder needs {base}/<class>/<images>; no {split}/ folder under {root}")
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _load_imagefolder(root: Path) -> tuple[ImageSet, ImageSet, int]:
+    if not root.is_dir():
+        raise DsaraError(f"data root {root} does not exist; point --data-root at a folder "
+                         f"holding train/<class>/ and test/<class>/")
+    classes, test_classes = _class_dirs(root, "train"), _class_dirs(root, "test")
+    if classes != test_classes:
+        only = sorted(set(classes) ^ set(test_classes))
+        raise DsaraError(f"imagefolder {root}: train/ and test/ have different class folders "
+                         f"(differ in: {', '.join(only) or 'order'}); make both hold the same classes")
+    size: list[int] = []  # the size of the first image read; every other must match it
+    train = _read_folder_split(root / "train", classes, size)
+    test = _read_folder_split(root / "test", classes, size)
+    return train, test, len(classes)
+
+
+def _read_folder_split(base: Path, classes: list[str], size: list[int]) -> ImageSet:
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted(p for p in (base / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            images.append(_read_image(path, size))
+            labels.append(label)
+    if not images:
+        raise DsaraError(f"no images (*{', *'.join(IMAGE_SUFFIXES)}) in {base}/<class>/; check --data-root")
+    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+
+
+def _read_image(path: Path, size: list[int]) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except OSError as e:
+        raise DsaraError(f"cannot read image {path}: {e}") from None
+    h, w, _ = rgb.shape
+    if h != w or (size and size[0] != h):
+        want = f"{size[0]}x{size[0]}" if size else "square"
+        raise DsaraError(f"image {path} is {w}x{h}, expected {want}; imagefolder never resizes, so "
+                         f"resize the files to one square size first")
+    size[:] = [h]
+    return rgb.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+
+
+# ----------------------------------------------------------------------------- split
+
+def split_train(train: ImageSet, arch_fraction: float = 0.5, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """(weight_train, arch_val): a seeded, class-stratified split of the training set.
+
+    Of every class, round(count * arch_fraction) samples go to arch_val, the rest to weight_train
+    (DARTS / DSARA: half each). Both parts keep the original order of the samples.
+    """
+    if not 0 < arch_fraction < 1:
+        raise DsaraError(f"arch_fraction must be in (0, 1), got {arch_fraction}; 0.5 splits the "
+                         f"training set in halves")
+    gen = torch.Generator().manual_seed(seed)
+    to_arch = torch.zeros(len(train), dtype=torch.bool)
+    for cls in torch.unique(train.labels).tolist():  # sorted, so the draws do not depend on order
+        members = torch.nonzero(train.labels == cls).flatten()
+        picked = members[torch.randperm(len(members), generator=gen)]
+        to_arch[picked[: round(len(members) * arch_fraction)]] = True
+    if to_arch.all() or not to_arch.any():
+        raise DsaraError(f"arch_fraction {arch_fraction} of {len(train)} training images leaves one "
+                         f"part empty; use more data or a fraction nearer 0.5")
+    return train.subset(~to_arch), train.subset(to_arch)
+
+
+# ----------------------------------------------------------------------------- loader
+
+def _crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Per-sample windows ``x[b, :, top[b]:top[b]+h, left[b]:left[b]+w]`` as two gathers, no loop."""
+    b, c, _, wp = x.shape
+    rows = (top.view(b, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(b, c, h, wp)
+    x = x.gather(2, rows)  # (B, C, h, Wp)
+    cols = (left.view(b, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)).expand(b, c, h, w)
+    return x.gather(3, cols)  # (B, C, h, w)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, *, pad: int = 4) -> torch.Tensor:
+    """Pad `x` (float, (B, C, H, W)) by `pad` zeros, crop back to H x W at random, flip half of it.
+
+    Vectorised over the batch on `x`'s device; `generator` (on that device) fixes every draw.
+    """
+    b, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=x.device)
+    out = _crop(F.pad(x, (pad,) * 4), offsets[0], offsets[1], h, w)
+    flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+    return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+
+
+def _derived_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers, so RNG streams of (seed, epoch, step) never overlap."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class Loader:
+    """Batches of an `ImageSet` as float images in [0, 1] and int64 labels, both on `device`.
+
+    The split is copied to `device` once, as uint8; shuffling (a permutation per epoch) and
+    augmentation (`augment_batch`) run there, with no host round trip per step. Every random draw is
+    a pure function of ``(seed, epoch, step)`` on a given device type, so ``epoch(e, start_step=k)``
+    yields exactly the tail of ``epoch(e)`` and a resumed run sees the same batches.
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool = True, augment: bool = False,
+                 drop_last: bool = True, device: str | torch.device = "cpu", seed: int = 0,
+                 channels_last: bool = False):
+        if not 1 <= batch_size <= len(data):
+            raise DsaraError(f"batch_size must be between 1 and the split size ({len(data)} images), "
+                             f"got {batch_size}; lower --batch-size or use more data")
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)  # uint8: 4x less memory and transfer than float
+        self.labels = data.labels.to(self.device)
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _generator(self, *parts: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(_derived_seed(self.seed, *parts))
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch`, starting at batch `start_step` (0 <= start_step <= len(self))."""
+        if not 0 <= start_step <= len(self):
+            raise DsaraError(f"start_step must be in [0, {len(self)}] (batches per epoch), got {start_step}")
+        n = len(self.labels)
+        order = (torch.randperm(n, generator=self._generator(epoch, -1), device=self.device)
+                 if self.shuffle else torch.arange(n, device=self.device))
+        for step in range(start_step, len(self)):
+            yield self._batch(order[step * self.batch_size:(step + 1) * self.batch_size], epoch, step)
+
+    def _batch(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[idx].float().div_(255)  # (B, C, H, W) in [0, 1]
+        if self.augment:
+            x = augment_batch(x, self._generator(epoch, step))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[idx]
