@@ -16,6 +16,8 @@ from .errors import DsaraError
 
 COMMAND_MODULES = [
     "dsara.commands.arch",
+    "dsara.commands.evaluate",
+    "dsara.commands.train",
 ]
 
 

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,14 +80,17 @@ def _import_autoattack():
 
 def _autoattack(model, x, y, eps, gen):
     cls, packaged = _import_autoattack()
+    kw = {} if packaged else {"verbose": False}
+    adversary = cls(model, norm="Linf", eps=eps, version="standard", device=x.device, seed=0, **kw)
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    # standard AutoAttack targets the 9 runner-up classes (all of them on CIFAR-10); with fewer
+    # classes it targets all there are instead of failing
+    for attack in (adversary.apgd_targeted, adversary.fab):
+        attack.n_target_classes = min(attack.n_target_classes, num_classes - 1)
     if packaged:
-        adversary = cls(model, norm="Linf", eps=eps, version="standard", device=x.device, seed=0)
-        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
-    else:
-        adversary = cls(model, norm="Linf", eps=eps, version="standard", device=x.device,
-                        seed=0, verbose=False)
-        x_adv = adversary.run_standard_evaluation(x, y, bs=len(x))
-    return x_adv
+        return adversary.run_standard_evaluation(x, y, batch_size=len(x))[0]
+    return adversary.run_standard_evaluation(x, y, bs=len(x))
 
 
 ATTACKS: dict[str, AttackFn] = {
@@ -238,3 +242,41 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
 def sanity_table(results: Sequence[SanityResult]) -> str:
     return "\n".join(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<42} {r.detail}"
                      for r in results)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def checkpoint_path(target: str | Path) -> Path:
+    """A run directory's best.pt (else last.pt), or the checkpoint file itself."""
+    p = Path(target)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise DsaraError(f"{p} holds no best.pt or last.pt; is it a `dsara train` run directory "
+                         "that finished an epoch?")
+    if not p.exists():
+        raise DsaraError(f"{p} does not exist; give a run directory or a checkpoint file")
+    return p
+
+
+def load_trained(target: str | Path, arch: str | None = None) -> tuple[nn.Module, dict, Path]:
+    """(model, checkpoint dict, checkpoint path) for a run directory or checkpoint; with `arch`,
+    a checkpoint of another architecture is refused and its owner named."""
+    from .train.checkpoint import load_checkpoint, load_model, model_spec
+
+    path = checkpoint_path(target)
+    ckpt = load_checkpoint(path)
+    expected = None
+    if arch is not None:
+        spec = ckpt.get("model_spec") or {}
+        stats = spec.get("architecture", {}).get("macro", spec)
+        expected = model_spec(arch, _num_classes(spec), stats.get("mean"), stats.get("std"))
+    model = load_model(ckpt, f"checkpoint {path}", expected).eval()
+    return model, ckpt, path
+
+
+def _num_classes(spec: dict[str, Any]) -> int:
+    if spec.get("kind") == "baseline":
+        return int(spec["num_classes"])
+    return int(spec.get("architecture", {}).get("macro", {}).get("num_classes", 10))

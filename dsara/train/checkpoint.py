@@ -88,6 +88,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is ordinary data
     try:
         torch.save({"kind": KIND, "format": FORMAT, "dsara_version": __version__, **state}, tmp)
         os.replace(tmp, path)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..archfile import write_json_atomic
-from ..attacks import pgd
+from ..attacks import parse_eps, pgd
 from ..data import DATASETS, Loader, SyntheticConfig, load_dataset, split_train
 from ..errors import DsaraError
 from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
@@ -69,7 +69,7 @@ class TrainConfig:
     overfit_guard: float = 0.2  # fgsm-rs: stop if val PGD accuracy falls by more (0..1) in an epoch
     augment: bool = True  # pad-4 random crop + horizontal flip
     seed: int = 0
-    device: str = "cpu"  # cpu | cuda | cuda:N
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N
 
     def resolved(self) -> TrainConfig:
         """Fill method and model defaults and validate; the result is what config.json holds."""
@@ -81,7 +81,8 @@ class TrainConfig:
             steps=default_steps if self.steps is None else self.steps,
             weight_decay=(5e-4 if baseline else 1e-4) if self.weight_decay is None
             else self.weight_decay,
-            grad_clip=(0.0 if baseline else 5.0) if self.grad_clip is None else self.grad_clip)
+            grad_clip=(0.0 if baseline else 5.0) if self.grad_clip is None else self.grad_clip,
+            device=_device(self.device))
         c.validate()
         return c
 
@@ -112,6 +113,16 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         return d
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise DsaraError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    return name
 
 
 def _is_baseline(arch: str) -> bool:
@@ -315,6 +326,26 @@ def run(config: TrainConfig, max_epochs: int | None = None,
                        state["stopped_early"], state["history"])
 
 
+def config_from_dict(raw: dict[str, Any], where: str = "train config") -> TrainConfig:
+    """A TrainConfig from TOML / JSON / command-line values; eps and step size may be ``8/255``."""
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise DsaraError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+    for key in ("arch", "out"):
+        if raw.get(key) in (None, ""):
+            raise DsaraError(f"{where}: missing {key!r}")
+    d = dict(raw)
+    for key in ("eps", "step_size"):
+        if d.get(key) is not None:
+            d[key] = parse_eps(d[key])
+    if isinstance(d.get("milestones"), str):
+        d["milestones"] = [float(m) for m in d["milestones"].split(",") if m.strip()]
+    if d.get("synthetic") is not None and not isinstance(d["synthetic"], dict):
+        raise DsaraError(f"{where}: synthetic must be a table of SyntheticConfig fields")
+    return TrainConfig(**d)
+
+
 def read_config(run_dir: str | Path) -> TrainConfig:
     """The resolved config of a run directory."""
     path = Path(run_dir) / "config.json"
@@ -329,4 +360,5 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in d.items() if k in known})
 
 
-__all__ = ["METHODS", "TrainConfig", "TrainResult", "load_data", "read_config", "run"]
+__all__ = ["METHODS", "TrainConfig", "TrainResult", "config_from_dict", "load_data", "read_config",
+           "run"]

@@ -1,0 +1,110 @@
+"""`dsara train`: adversarially retrain an architecture or a baseline; run again to resume."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import apply_overrides, read_toml
+from ..train.loop import METHODS, config_from_dict, run
+
+S = argparse.SUPPRESS
+# (flag, config field, type, help with units); defaults live in TrainConfig alone
+OPTIONS = [
+    ("--dataset", "dataset", str, "cifar10 | cifar100 | svhn | imagefolder | synthetic "
+     "(default cifar10)"),
+    ("--data-root", "data_root", str, "folder holding the dataset"),
+    ("--method", "method", str, f"{' | '.join(METHODS)} (default pgd-at)"),
+    ("--epochs", "epochs", int, "training epochs (default 200)"),
+    ("--batch-size", "batch_size", int, "images per SGD step (default 128)"),
+    ("--lr", "lr", float, "initial SGD learning rate (default 0.1)"),
+    ("--momentum", "momentum", float, "SGD momentum (default 0.9)"),
+    ("--weight-decay", "weight_decay", float,
+     "L2 weight decay (default 1e-4 for cell networks, 5e-4 for baselines)"),
+    ("--schedule", "schedule", str, "piecewise (x0.1 at each milestone) | cosine "
+     "(default piecewise)"),
+    ("--milestones", "milestones", str, "piecewise milestones as fractions of --epochs, "
+     "comma-separated (default 0.5,0.75)"),
+    ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off (default 5 for cell networks, "
+     "off for baselines)"),
+    ("--eps", "eps", str, "training attack L-inf radius in [0,1] pixel units, 8/255 or 0.031 "
+     "(default 8/255)"),
+    ("--step-size", "step_size", str, "inner attack step, e.g. 2/255 (default eps/4; "
+     "fgsm-rs 1.25*eps)"),
+    ("--steps", "steps", int, "inner attack steps (default 10; fgsm-rs 1)"),
+    ("--beta", "beta", float, "TRADES / MART regularizer weight (default 6)"),
+    ("--cells", "cells", int, "total cells of a cell network (default: the architecture's)"),
+    ("--channels", "channels", int, "initial channels C of a cell network (default: the "
+     "architecture's)"),
+    ("--auxiliary-weight", "auxiliary_weight", float,
+     "auxiliary head loss weight, 0 = no head (default: the architecture's, e.g. 0.4)"),
+    ("--drop-path", "drop_path", float, "final drop-path probability, ramped up from 0 "
+     "(default: the architecture's)"),
+    ("--val-size", "val_size", int, "training images held out for model selection "
+     "(default 1000)"),
+    ("--val-steps", "val_steps", int, "PGD steps of the validation attack (default 10)"),
+    ("--overfit-guard", "overfit_guard", float, "fgsm-rs: stop when validation PGD accuracy "
+     "falls by more than this fraction in one epoch (default 0.2)"),
+    ("--seed", "seed", int, "random seed (default 0)"),
+    ("--device", "device", str, "auto | cpu | cuda | cuda:N (default auto)"),
+]
+SYNTHETIC = [
+    ("--synthetic-train", "n_train", "synthetic training images (default 2048)"),
+    ("--synthetic-test", "n_test", "synthetic test images (default 512)"),
+    ("--synthetic-size", "image_size", "synthetic image side in pixels (default 32)"),
+    ("--synthetic-classes", "num_classes", "synthetic classes (default 10)"),
+]
+
+
+def add_dataset_options(p: argparse.ArgumentParser) -> None:
+    for flag, field, text in SYNTHETIC:
+        p.add_argument(flag, dest=f"synthetic.{field}", type=int, default=S, metavar="N",
+                       help=text)
+    p.add_argument("--download", action="store_true", default=S,
+                   help="let torchvision download the dataset into --data-root")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="adversarially retrain an architecture or a baseline",
+                       description="Adversarial training with model selection on a held-out "
+                       "validation split. Writes config.json, last.pt (every epoch), best.pt and "
+                       "metrics.json to --out; run the same command again to resume.")
+    p.add_argument("arch", metavar="ARCH", help="architecture file (.json), built-in cell "
+                   "(ARNAS, DARTS_V2, ...) or baseline (resnet18, preact_resnet18, wrn34_10, "
+                   "wrn34_r, resnet_tiny, ...)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--config", metavar="FILE.toml", help="TrainConfig fields; flags override it")
+    for flag, dest, kind, text in OPTIONS:
+        p.add_argument(flag, dest=dest, type=kind, default=S, help=text)
+    add_dataset_options(p)
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=S,
+                   help="no pad-4 random crop + flip")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any TrainConfig field (beta=5, synthetic.noise=0.1)")
+    p.add_argument("--max-epochs", type=int, help="stop after this many epochs in this call; "
+                   "run again to continue")
+    p.set_defaults(func=cmd_train)
+
+
+def build_config(args):
+    raw = read_toml(Path(args.config)) if args.config else {}
+    raw.setdefault("device", "auto")
+    given = {k: v for k, v in vars(args).items()
+             if k in {d for _, d, *_ in OPTIONS} | {"augment", "download"}}
+    synthetic = {k: v for k, v in vars(args).items() if k.startswith("synthetic.")}
+    raw = apply_overrides(raw, {**given, **synthetic, "arch": args.arch, "out": args.out})
+    raw = apply_overrides(raw, args.overrides, "the --set overrides")
+    return config_from_dict(raw)
+
+
+def cmd_train(args) -> int:
+    cfg = build_config(args)
+    if (Path(cfg.out) / "last.pt").exists():
+        print(f"resuming the run in {cfg.out}")
+    result = run(cfg, max_epochs=args.max_epochs)
+    print(f"done {result.epochs_done} epochs; best.pt = epoch {result.best_epoch} "
+          f"(val clean {100 * result.best_val_clean:.1f}%, val PGD "
+          f"{100 * result.best_val_robust:.1f}%)"
+          + ("; stopped early (catastrophic overfitting)" if result.stopped_early else ""))
+    print(f"next: dsara evaluate {cfg.out}")
+    return 0

@@ -1,0 +1,240 @@
+"""Adversarial training: hand-computed objectives, every method runs, exact resume, the FGSM-RS
+guard, model selection on validation, and bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dsara.archfile import from_genotype_text, save_architecture
+from dsara.attacks import fgsm, pgd
+from dsara.baselines import build_baseline
+from dsara.errors import DsaraError
+from dsara.train import TrainConfig, run
+from dsara.train import loop as train_loop
+from dsara.train.checkpoint import load_checkpoint
+from dsara.train.loop import config_from_dict, lr_factor
+from dsara.train.losses import (
+    METHODS,
+    AdvParams,
+    fgsm_rs,
+    mart,
+    mart_objective,
+    pgd_at,
+    trades,
+    trades_objective,
+)
+
+TINY_GENOTYPE = (
+    "Genotype(accurate=[('sep_conv_3x3', 0), ('skip_connect', 1), ('max_pool_3x3', 0), "
+    "('sep_conv_3x3', 2)], accurate_concat=[2, 3], reduce=[('max_pool_3x3', 0), "
+    "('sep_conv_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3], "
+    "robust=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 2)], "
+    "robust_concat=[2, 3])")
+SYNTH = {"n_train": 96, "n_test": 32, "image_size": 8, "num_classes": 4}
+
+
+def tiny_config(tmp_path, **kw) -> TrainConfig:
+    base = dict(arch="resnet_tiny", out=str(tmp_path / "run"), dataset="synthetic",
+                synthetic=SYNTH, epochs=2, batch_size=32, val_size=16, steps=1, val_steps=2)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def arch_file(tmp_path):
+    return str(save_architecture(from_genotype_text(TINY_GENOTYPE, "tiny"), tmp_path / "a.json"))
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(8, 3, 8, 8, generator=g), torch.randint(0, 4, (8,), generator=g)
+
+
+# ----------------------------------------------------------------------------- objectives
+
+P, Q = (0.5, 0.5), (0.75, 0.25)  # softmax of logits (0, 0) and (ln 3, 0)
+CLEAN, ADV, Y = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]]), torch.tensor([0])
+
+
+def test_trades_objective_matches_hand_computation():
+    kl = P[0] * math.log(P[0] / Q[0]) + P[1] * math.log(P[1] / Q[1])  # = 0.5 ln(4/3)
+    loss, terms = trades_objective(CLEAN, ADV, Y, beta=6.0)
+    assert terms["ce_clean"].item() == pytest.approx(math.log(2), abs=1e-6)
+    assert terms["kl"].item() == pytest.approx(0.5 * math.log(4 / 3), abs=1e-6)
+    assert loss.item() == pytest.approx(math.log(2) + 6 * kl, abs=1e-6)
+
+
+def test_mart_objective_matches_hand_computation():
+    ce_adv = -math.log(Q[0])  # y = 0
+    margin = -math.log(1.0001 - Q[1] + 1e-12)  # runner-up class 1
+    kl = sum(p * (math.log(p + 1e-12) - math.log(q + 1e-12)) for p, q in zip(P, Q, strict=True))
+    weighted = kl * (1.0000001 - P[0])  # misclassification-aware weight 1 - p_y(clean)
+    loss, terms = mart_objective(CLEAN, ADV, Y, beta=6.0)
+    assert terms["margin"].item() == pytest.approx(margin, abs=1e-6)
+    assert terms["bce"].item() == pytest.approx(ce_adv + margin, abs=1e-6)
+    assert terms["weighted_kl"].item() == pytest.approx(weighted, abs=1e-6)
+    assert loss.item() == pytest.approx(ce_adv + margin + 6 * weighted, abs=1e-6)
+
+
+def test_mart_runner_up_is_the_top_wrong_class():
+    adv = torch.tensor([[0.1, 3.0, 2.0]])  # predicted 1; for y = 1 the runner-up is class 2
+    p = F.softmax(adv, 1)[0]
+    _, terms = mart_objective(adv, adv, torch.tensor([1]), beta=0.0)
+    assert terms["margin"].item() == pytest.approx(-math.log(1.0001 - p[2].item()), abs=1e-6)
+
+
+def test_pgd_at_and_fgsm_rs_are_ce_on_their_attack(batch):
+    x, y = batch
+    model = build_baseline("resnet_tiny", num_classes=4)
+    p = AdvParams(eps=8 / 255, step_size=2 / 255, steps=3)
+    loss, terms = pgd_at(model, x, y, p, generator=torch.Generator().manual_seed(0))
+    x_adv = pgd(model, x, y, p.eps, p.step_size, p.steps, generator=torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x_adv), y).item(), abs=1e-6)
+    p = AdvParams(eps=8 / 255, step_size=1.25 * 8 / 255, steps=1)
+    loss, _ = fgsm_rs(model, x, y, p, generator=torch.Generator().manual_seed(0))
+    x_adv = fgsm(model, x, y, p.eps, generator=torch.Generator().manual_seed(0))  # 1.25 eps step
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x_adv), y).item(), abs=1e-6)
+
+
+def test_trades_kl_is_on_the_adversarial_input(batch):
+    x, y = batch
+    model = build_baseline("resnet_tiny", num_classes=4)
+    loss, terms = trades(model, x, y, AdvParams(8 / 255, 2 / 255, 3, beta=6.0),
+                         generator=torch.Generator().manual_seed(0))
+    assert terms["kl"].item() > 0  # zero would mean the KL saw the clean input twice
+    assert loss.item() == pytest.approx(terms["ce_clean"].item() + 6 * terms["kl"].item(), rel=1e-5)
+    assert model.training  # crafted in eval mode, handed back in train mode
+
+
+def test_mart_terms_and_gradients(batch):
+    x, y = batch
+    model = build_baseline("resnet_tiny", num_classes=4)
+    loss, terms = mart(model, x, y, AdvParams(8 / 255, 2 / 255, 2, beta=6.0))
+    assert set(terms) == {"bce", "margin", "weighted_kl"} and terms["weighted_kl"].item() > 0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_method_defaults_are_the_standard_recipes():
+    assert {m: METHODS[m][1:] for m in METHODS} == {
+        "pgd-at": (0.25, 10), "trades": (0.25, 10), "mart": (0.25, 10), "fgsm-rs": (1.25, 1)}
+    cfg = TrainConfig(arch="resnet18", out="x", method="fgsm-rs").resolved()
+    assert cfg.step_size == pytest.approx(1.25 * 8 / 255) and cfg.steps == 1
+    cfg = TrainConfig(arch="resnet18", out="x").resolved()
+    assert (cfg.step_size, cfg.steps, cfg.beta) == (pytest.approx(2 / 255), 10, 6.0)
+
+
+def test_learning_rate_schedules():
+    cfg = TrainConfig(arch="resnet18", out="x", epochs=200)
+    assert [lr_factor(cfg, e) for e in (0, 99, 100, 149, 150, 199)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    cfg = TrainConfig(arch="resnet18", out="x", epochs=10, schedule="cosine")
+    assert lr_factor(cfg, 0) == 1 and lr_factor(cfg, 5) == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_runs_an_epoch(tmp_path, method):
+    result = run(tiny_config(tmp_path, method=method, epochs=1), log=lambda s: None)
+    assert result.epochs_done == 1 and math.isfinite(result.history[0]["train"]["loss"])
+    assert {"config.json", "last.pt", "best.pt", "metrics.json"} <= {
+        p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_cell_network_with_auxiliary_head_and_drop_path(tmp_path, arch_file):
+    cfg = tiny_config(tmp_path, arch=arch_file, channels=4, drop_path=0.2, epochs=2,
+                      batch_size=16, synthetic={**SYNTH, "n_train": 48})
+    result = run(cfg, log=lambda s: None)
+    assert "aux_ce" in result.history[0]["train"]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["model_spec"]["architecture"]["macro"]["num_classes"] == 4
+
+
+def test_resume_is_exact(tmp_path):
+    straight = run(tiny_config(tmp_path / "a", epochs=3), log=lambda s: None)
+    cfg = tiny_config(tmp_path / "b", epochs=3)
+    run(cfg, max_epochs=1, log=lambda s: None)
+    resumed = run(cfg, log=lambda s: None)
+    a = load_checkpoint(tmp_path / "a" / "run" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "run" / "last.pt")
+    assert resumed.epochs_done == straight.epochs_done == 3
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    strip = [{k: v for k, v in r.items() if k != "time_s"} for r in straight.history]
+    assert strip == [{k: v for k, v in r.items() if k != "time_s"} for r in resumed.history]
+
+
+def test_best_checkpoint_is_chosen_on_validation(tmp_path):
+    result = run(tiny_config(tmp_path, epochs=3), log=lambda s: None)
+    robust = [r["val_robust"] for r in result.history]
+    assert result.best_epoch == robust.index(max(robust)) + 1
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["epoch"] == result.best_epoch and "optimizer" not in best
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best"]["epoch"] == result.best_epoch
+
+
+def test_validation_split_is_held_out_of_training(tmp_path):
+    fit, val, test, _ = train_loop.load_data(tiny_config(tmp_path).resolved())
+    assert len(fit) + len(val) == SYNTH["n_train"] and len(val) == 16
+    rows = {tuple(r.flatten().tolist()) for r in fit.images}
+    assert not any(tuple(r.flatten().tolist()) in rows for r in val.images)
+
+
+def test_fgsm_rs_guard_stops_on_catastrophic_overfitting(tmp_path, monkeypatch):
+    accuracies = iter([0.30, 0.40, 0.05, 0.5])  # collapse after epoch 2
+
+    def fake_validate(model, loader, cfg):
+        return {"val_clean": 0.5, "val_robust": next(accuracies)}
+
+    monkeypatch.setattr(train_loop, "validate", fake_validate)
+    logs = []
+    cfg = tiny_config(tmp_path, method="fgsm-rs", epochs=4)
+    result = run(cfg, log=logs.append)
+    assert result.stopped_early and result.epochs_done == 3 and result.best_epoch == 2
+    assert any("catastrophic overfitting" in line for line in logs)
+    assert run(cfg, log=logs.append).epochs_done == 3  # a stopped run stays stopped
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_unknown_method(tmp_path):
+    with pytest.raises(DsaraError, match="unknown training method 'pgd'; methods: pgd-at, trades"):
+        run(tiny_config(tmp_path, method="pgd"))
+
+
+def test_missing_and_corrupt_architecture_files(tmp_path):
+    with pytest.raises(DsaraError, match=r"architecture file .*nope.json does not exist"):
+        run(tiny_config(tmp_path, arch=str(tmp_path / "nope.json")))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "dsara.architecture", "schema_')
+    with pytest.raises(DsaraError, match="not valid JSON.*truncated or corrupt"):
+        run(tiny_config(tmp_path, arch=str(bad)))
+
+
+def test_unknown_architecture_name_lists_cells_and_baselines(tmp_path):
+    with pytest.raises(DsaraError, match="unknown built-in cell 'NASNET'.*baselines: resnet18"):
+        run(tiny_config(tmp_path, arch="NASNET"))
+
+
+def test_eps_as_fraction_and_as_decimal():
+    a = config_from_dict({"arch": "resnet18", "out": "x", "eps": "8/255", "step_size": "2/255"})
+    b = config_from_dict({"arch": "resnet18", "out": "x", "eps": "0.031"})
+    assert a.eps == pytest.approx(8 / 255) and a.step_size == pytest.approx(2 / 255)
+    assert b.eps == pytest.approx(0.031)
+    with pytest.raises(DsaraError, match="eps 'eight' is not a number"):
+        config_from_dict({"arch": "resnet18", "out": "x", "eps": "eight"})
+    with pytest.raises(DsaraError, match="unknown key 'epoch'"):
+        config_from_dict({"arch": "resnet18", "out": "x", "epoch": 3})
+
+
+def test_resume_with_another_architecture_or_config_is_refused(tmp_path):
+    run(tiny_config(tmp_path, epochs=1), log=lambda s: None)
+    with pytest.raises(DsaraError, match="holds a run of architecture 'resnet_tiny', not 'wrn_tiny'"):
+        run(tiny_config(tmp_path, arch="wrn_tiny", epochs=1))
+    with pytest.raises(DsaraError, match=r"another config \(differs in: lr\)"):
+        run(tiny_config(tmp_path, epochs=1, lr=0.05))
