@@ -16,6 +16,7 @@ from .errors import DsaraError
 
 COMMAND_MODULES = [
     "dsara.commands.arch",
+    "dsara.commands.plot",
     "dsara.commands.evaluate",
     "dsara.commands.train",
 ]

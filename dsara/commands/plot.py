@@ -1,0 +1,120 @@
+"""`dsara plot arch|search|study` and `dsara report`: figures and a one-page study report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import DsaraError
+
+DEFAULT_STORAGE = "sqlite:///dsara.db"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="draw cells, search curves and study fronts (SVG and PNG)")
+    psub = p.add_subparsers(dest="plot_command", metavar="WHAT", required=True)
+    arch = psub.add_parser("arch", help="draw every cell type of an architecture")
+    arch.add_argument("arch", metavar="FILE_OR_NAME",
+                      help="architecture file (.json) or built-in cell name (e.g. DARTS_V2, ARNAS)")
+    arch.add_argument("--out", type=Path, required=True, help="directory to write the drawings to")
+    arch.add_argument("--engine", choices=("auto", "graphviz", "matplotlib"), default="auto",
+                      help="auto (default): graphviz's dot when installed, else matplotlib")
+    _formats(arch)
+    arch.set_defaults(func=cmd_arch)
+    search = psub.add_parser("search", help="α weights, accuracy, γ* and collapse indicators of "
+                                            "a search run")
+    search.add_argument("run_dir", metavar="RUN_DIR", type=Path,
+                        help="directory written by `dsara search` (holds metrics.jsonl)")
+    search.add_argument("--out", type=Path, help="directory for the figures (default RUN_DIR/plots)")
+    _formats(search)
+    search.set_defaults(func=cmd_search)
+    study = psub.add_parser("study", help="Pareto front of clean vs PGD accuracy and parameter "
+                                          "importances of a study")
+    study.add_argument("name", metavar="NAME", help="study name")
+    study.add_argument("--out", type=Path, help="directory for the figures (default plots/NAME)")
+    _storage(study)
+    _formats(study)
+    study.set_defaults(func=cmd_study)
+    report = sub.add_parser("report", help="one self-contained HTML page about a study")
+    report.add_argument("name", metavar="NAME", help="study name")
+    report.add_argument("--out", type=Path, help="HTML file to write (default NAME-report.html)")
+    _storage(report)
+    report.set_defaults(func=cmd_report)
+
+
+def _formats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", dest="formats", nargs="+", choices=("svg", "png"),
+                   default=["svg", "png"], help="file formats (default: svg png)")
+
+
+def _storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL",
+                   help=f"Optuna storage URL (default: $DSARA_STORAGE, else {DEFAULT_STORAGE})")
+
+
+def redact(url: str) -> str:
+    """The storage URL with its password masked, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: keep only the scheme
+        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+
+
+def load_study(name: str, storage: str | None):
+    import optuna
+
+    url = storage or os.environ.get("DSARA_STORAGE") or DEFAULT_STORAGE
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        # opening would create an empty database as a side effect of a typo
+        raise DsaraError(f"no database file at {redact(url)}; pass --storage or set DSARA_STORAGE")
+    try:
+        names = optuna.get_all_study_names(storage=url)
+    except Exception as e:  # the driver's message may echo the URL: name its type only
+        raise DsaraError(f"cannot open storage {redact(url)} ({type(e).__name__}); check the URL, "
+                         "or pass --storage / set DSARA_STORAGE") from None
+    if name not in names:
+        raise DsaraError(f"no study {name!r} in {redact(url)}; studies there: "
+                         f"{', '.join(names) or '(none)'}")
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _print_paths(paths: list[Path]) -> None:
+    for path in paths:
+        print(path)
+
+
+def cmd_arch(args) -> int:
+    from ..plot import draw_architecture
+
+    _print_paths(draw_architecture(args.arch, args.out, args.formats, args.engine))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from ..plot import plot_search
+
+    paths = plot_search(args.run_dir, args.out, args.formats)
+    if not paths:
+        raise DsaraError(f"{args.run_dir} has no epochs recorded yet; nothing to plot")
+    _print_paths(paths)
+    return 0
+
+
+def cmd_study(args) -> int:
+    from ..plot import plot_study
+
+    study = load_study(args.name, args.storage)
+    _print_paths(plot_study(study, args.out or Path("plots") / args.name, args.formats))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ..plot import write_report
+
+    study = load_study(args.name, args.storage)
+    print(write_report(study, args.out or Path(f"{args.name}-report.html")))
+    return 0
