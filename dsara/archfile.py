@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ def provenance(**extra: Any) -> dict[str, Any]:
     from . import __version__
 
     return {"dsara_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
 
 
 def save_architecture(arch: Architecture, path: str | Path) -> Path:

@@ -16,8 +16,9 @@ from .errors import DsaraError
 
 COMMAND_MODULES = [
     "dsara.commands.arch",
-    "dsara.commands.plot",
     "dsara.commands.evaluate",
+    "dsara.commands.plot",
+    "dsara.commands.search",
     "dsara.commands.train",
 ]
 

@@ -5,8 +5,13 @@ import torch
 
 import dsara
 from dsara import DsaraError, parse_genotype
-from dsara.archfile import (SCHEMA_VERSION, Architecture, builtin_architecture, load_architecture,
-                            save_architecture)
+from dsara.archfile import (
+    SCHEMA_VERSION,
+    Architecture,
+    builtin_architecture,
+    load_architecture,
+    save_architecture,
+)
 from dsara.genotype import derive, get_published, n_edges, published
 from dsara.profile import count_parameters
 

@@ -1,0 +1,158 @@
+"""The search configuration: one typed dataclass, the single source of truth for a search.
+
+Defaults are the reference hyper-parameters of the DSARA authors' code (DESIGN.md, "Two-stage
+search"), except that first-order updates are the cheap default (second-order is `order="second"`).
+A config is saved as `config.json` in the run directory and re-read on `--resume`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..attacks import parse_eps
+from ..config import Fields, apply_overrides, read_toml
+from ..errors import DsaraError
+
+
+@dataclass
+class SearchConfig:
+    # what is searched
+    space: str = "dsara"  # search space name or path to its TOML
+    space_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"stages.2.width": 1.5}
+    partial_k: int = 1  # PC-DARTS partial channels: 1/K of the channels go through each mixed op
+
+    # data
+    dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | imagefolder | synthetic
+    data_root: str | None = None  # folder holding the dataset
+    download: bool = False  # let torchvision download it into data_root
+    synthetic: dict[str, Any] = field(default_factory=dict)  # SyntheticConfig fields
+    arch_fraction: float = 0.5  # part of the training split held out as arch-val (reference: half)
+    data_seed: int = 0  # seeds the weight-train / arch-val split
+
+    # schedule
+    epochs: int = 50  # search epochs (reference: 50)
+    stage1_epochs: int | None = None  # epochs of stage 1 (adversarial loss only); None = half
+    batch_size: int = 32  # images per weight-train batch and per arch-val batch (reference: 32)
+    max_steps: int | None = None  # cap on steps per epoch (smoke runs); None = whole split
+
+    # weights: SGD, cosine schedule (reference)
+    lr: float = 0.025  # learning rate at batch 32, cosine-annealed to lr_min
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0  # max global L2 norm of the weight gradient
+
+    # architecture: Adam (reference)
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    alpha_init_std: float = 1e-3  # alpha ~ alpha_init_std * N(0, 1)
+    order: str = "first"  # first | second (unrolled, finite-difference Hessian-vector product)
+
+    # inner maximization: L-inf PGD with random start (reference: 8/255, 2/255, 7 steps)
+    eps: float = 8 / 255  # radius in [0, 1] pixel units
+    step_size: float = 2 / 255
+    pgd_steps: int = 7
+
+    # the two-stage objective
+    lam: float = 0.1  # weight of the adversarial loss in stage 2 (reference lambda)
+    combine: str = "mgda"  # mgda (min-norm of g_nat, lam * g_adv) | sum (ablation)
+
+    # execution
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    compile: bool = False  # torch.compile the supernet
+    deterministic: bool = False  # deterministic kernels (slower on CUDA)
+    out: str = "runs/search"  # run directory
+
+    @property
+    def stage1(self) -> int:
+        return self.epochs // 2 if self.stage1_epochs is None else self.stage1_epochs
+
+    def validate(self) -> SearchConfig:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (0 <= self.stage1 <= self.epochs, f"stage1_epochs ({self.stage1}) must be between 0 "
+             f"and epochs ({self.epochs})"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (0 < self.arch_fraction < 1, f"arch_fraction must be in (0, 1), got "
+             f"{self.arch_fraction}"),
+            (self.eps >= 0 and math.isfinite(self.eps), f"eps must be >= 0, got {self.eps}"),
+            (self.step_size >= 0, f"step_size must be >= 0, got {self.step_size}"),
+            (self.pgd_steps >= 0, f"pgd_steps must be >= 0, got {self.pgd_steps}"),
+            (self.lam >= 0, f"lam must be >= 0, got {self.lam}"),
+            (self.lr > 0 and self.lr_min >= 0, "lr must be > 0 and lr_min >= 0"),
+            (self.arch_lr >= 0, "arch_lr must be >= 0"),
+            (self.partial_k >= 1, f"partial_k must be >= 1, got {self.partial_k}"),
+            (self.combine in ("mgda", "sum"), f"combine must be mgda or sum, got "
+             f"{self.combine!r}"),
+            (self.order in ("first", "second"), f"order must be first or second, got "
+             f"{self.order!r}"),
+            (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or "
+             f"bf16, got {self.precision!r}"),
+            (self.channels_last in ("auto", "on", "off"), "channels_last must be auto, on or off"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DsaraError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["arch_betas"] = list(self.arch_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "search config") -> SearchConfig:
+        f = Fields(d, where)
+        kw = {}
+        for fd in dataclasses.fields(cls):
+            if fd.name in d:
+                f.used.add(fd.name)
+                kw[fd.name] = _coerce(fd.name, d[fd.name], where)
+        f.finish()
+        return cls(**kw).validate()
+
+
+_FLOATS = {"arch_fraction", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
+           "arch_weight_decay", "alpha_init_std", "lam"}
+_INTS = {"partial_k", "data_seed", "epochs", "batch_size", "seed", "pgd_steps"}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Accept TOML/JSON values, including eps as "8/255"; reject wrong types with the key name."""
+    try:
+        if name in ("eps", "step_size"):
+            return parse_eps(value)
+        if name in _FLOATS:
+            return float(value)
+        if name in _INTS or name in ("stage1_epochs", "max_steps"):
+            if value is None and name in ("stage1_epochs", "max_steps"):
+                return None
+            if isinstance(value, bool) or float(value) != int(value):
+                raise ValueError
+            return int(value)
+        if name == "arch_betas":
+            return tuple(float(b) for b in value)
+        if name in ("download", "compile", "deterministic"):
+            if not isinstance(value, bool):
+                raise ValueError
+        if name in ("space_overrides", "synthetic") and not isinstance(value, dict):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DsaraError(f"{where}: {name} = {value!r} has the wrong type") from None
+    return value
+
+
+def load_search_config(path: str | Path | None = None, overrides=None) -> SearchConfig:
+    """A config from an optional TOML file plus dotted overrides (``lam=0.2``, ``eps="4/255"``)."""
+    raw = read_toml(Path(path)) if path else {}
+    raw = apply_overrides(raw, overrides, where=str(path or "search config"))
+    return SearchConfig.from_dict(raw, str(path or "search config"))

@@ -1,0 +1,323 @@
+"""The DSARA search loop: `run(config) -> SearchResult`.
+
+Per step: PGD examples of the weight-train batch and of the arch-val batch; an alpha step (stage 1:
+CE on the adversarial arch-val batch; stage 2: min-norm combination of g_nat and lam * g_adv); a
+weight step on the adversarial weight-train batch. Per epoch: one record in metrics.jsonl, alpha in
+alpha_history.jsonl, the derived architecture, then the checkpoint. Statistics stay on the device
+during the epoch and are read once at its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..archfile import Architecture, provenance, save_architecture
+from ..data import Loader, SyntheticConfig, load_dataset, split_train
+from ..errors import DsaraError
+from ..genotype import Genotype
+from ..space import SearchSpace, load_space
+from ..supernet import Supernet
+from .config import SearchConfig
+from .rundir import RunDir
+from .steps import adversarial, arch_step, make_unrolled, weight_step
+
+# Options that may differ between the original run and `--resume` (they do not change results).
+RESUMABLE_CHANGES = {"device", "compile", "deterministic", "out"}
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    architecture: Architecture
+    history: list[dict[str, Any]]  # one record per epoch
+    resumed_from: int | None = None  # epochs already done when this call started
+
+    @property
+    def genotype(self) -> Genotype:
+        return self.architecture.genotype
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+class Search:
+    """Everything a search holds: data, supernet, optimizers. `run()` drives it."""
+
+    def __init__(self, cfg: SearchConfig):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        cuda = self.device.type == "cuda"
+        self.space: SearchSpace = load_space(cfg.space, cfg.space_overrides)
+        synthetic = SyntheticConfig(**cfg.synthetic) if cfg.dataset == "synthetic" else None
+        train, _, self.info = load_dataset(cfg.dataset, cfg.data_root, cfg.download,
+                                           synthetic=synthetic)
+        w_train, a_val = split_train(train, cfg.arch_fraction, cfg.data_seed)
+        cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        self.train = Loader(w_train, cfg.batch_size, shuffle=True, augment=True,
+                            device=self.device, seed=cfg.seed, channels_last=cl)
+        self.val = Loader(a_val, cfg.batch_size, shuffle=True, augment=True,
+                          device=self.device, seed=cfg.seed + 1, channels_last=cl)
+        macro = self.space.proxy_macro(num_classes=self.info.num_classes, mean=self.info.mean,
+                                       std=self.info.std)
+        self.model = Supernet(macro, self.space.ops, cfg.partial_k, cfg.alpha_init_std)
+        self.model.to(self.device, memory_format=torch.channels_last if cl else
+                      torch.contiguous_format)
+        self.net = torch.compile(self.model) if cfg.compile else self.model
+        self.weights = self.model.weight_parameters()
+        self.w_opt = torch.optim.SGD(self.weights, cfg.lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay, foreach=True)
+        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), cfg.arch_lr,
+                                      betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs,
+                                                                eta_min=cfg.lr_min)
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+        self.amp = lambda: torch.autocast(self.device.type, torch.bfloat16, enabled=bf16)
+        self.steps = min(len(self.train), len(self.val), cfg.max_steps or math.inf)
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def epoch(self, epoch: int, progress: Callable[[int, int], None]) -> dict[str, Any]:
+        cfg, model = self.cfg, self.net
+        stage = 1 if epoch < cfg.stage1 else 2
+        model.train()
+        totals: dict[str, torch.Tensor] = {}
+        start = time.perf_counter()
+        batches = zip(self.train.epoch(epoch), self.val.epoch(epoch))
+        for step, ((x_t, y_t), (x_v, y_v)) in enumerate(batches):
+            if step >= self.steps:
+                break
+            x_t_adv = adversarial(model, x_t, y_t, cfg, self.amp)
+            x_v_adv = adversarial(model, x_v, y_v, cfg, self.amp)
+            unrolled = (make_unrolled(self.model, x_t_adv, y_t, self.w_opt, cfg, self.amp)
+                        if cfg.order == "second" else None)
+            stats = arch_step(model, x_v, y_v, x_v_adv, stage, cfg, self.amp, self.a_opt,
+                              unrolled)
+            stats |= weight_step(model, x_t_adv, y_t, self.w_opt, cfg, self.amp, self.weights)
+            for k, v in stats.items():
+                totals[k] = totals[k] + v.float() if k in totals else v.float()
+            progress(step + 1, self.steps)
+        lr = self.w_opt.param_groups[0]["lr"]
+        self.sched.step()
+        seconds = time.perf_counter() - start
+        return self.record(epoch, stage, totals, lr, seconds)
+
+    def record(self, epoch, stage, totals, lr, seconds) -> dict[str, Any]:
+        keys = sorted(totals)
+        values = dict(zip(keys, torch.stack([totals[k] for k in keys]).tolist()))  # one sync
+        n, b = self.steps, self.cfg.batch_size
+        genotype = self.model.genotype()
+        return {
+            "epoch": epoch + 1,
+            "stage": stage,
+            "lr_w": lr,
+            "train_loss_adv": values["train_loss_adv"] / n,
+            "train_acc_adv": values["train_correct_adv"] / (n * b),
+            "val_clean_acc": values["val_correct_nat"] / (n * b),
+            "val_pgd_acc": values["val_correct_adv"] / (n * b),
+            "val_loss_nat": values["val_loss_nat"] / n,
+            "val_loss_adv": values["val_loss_adv"] / n,
+            "gamma_mean": (values["gamma"] / n if "gamma" in values
+                           and not math.isnan(values["gamma"]) else None),
+            "alpha_entropy": alpha_entropy(self.model),
+            "param_free": {t: c.parameter_free() for t, c in genotype.cells.items()},
+            "genotype": genotype.to_dict(),
+            "genotype_text": genotype.to_text(),
+            "epoch_time_s": seconds,
+            "images_per_s": 2 * n * b / seconds,  # weight-train + arch-val images
+        }
+
+    # -- state ----------------------------------------------------------------------------------
+    def state(self, epochs_done: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "epoch": epochs_done,
+            "step": 0,  # data position: checkpoints are taken at epoch boundaries
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "space": self.space.raw,
+            "dsara_version": __version__,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> int:
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.sched.load_state_dict(state["sched"])
+        set_rng_state(state["rng"])
+        return int(state["epoch"])
+
+    def architecture(self, epochs_done: int) -> Architecture:
+        macro = self.space.final_macro(num_classes=self.info.num_classes, mean=self.info.mean,
+                                       std=self.info.std)
+        prov = provenance(source="search", space=self.space.name, epochs=epochs_done,
+                          dataset=self.cfg.dataset, config=self.cfg.to_dict())
+        return Architecture(self.model.genotype(), macro, prov).validate()
+
+    def alphas(self) -> dict[str, list]:
+        return {t: a.detach().float().cpu().tolist() for t, a in self.model.alphas.items()}
+
+
+def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
+        resume: bool = False, progress: bool | None = None) -> SearchResult:
+    """Run (or, with resume=True, continue) a search; returns the derived architecture and history.
+
+    Each callback is called with the epoch's record after its checkpoint is written; an exception
+    it raises (e.g. a pruning signal) stops the search with the checkpoint intact.
+    """
+    rd = RunDir(config.out)
+    cfg = resolve_resume(config, rd) if resume else config.validate()
+    if not resume and rd.has_search():
+        raise DsaraError(f"{rd.path} already holds a search; continue it with --resume "
+                         f"{rd.path} or choose another --out")
+    seed_everything(cfg.seed, cfg.deterministic)
+    search = Search(cfg)
+    done, resumed_from = 0, None
+    if resume:
+        done = resumed_from = search.load_state(rd.load_checkpoint(search.device))
+        rd.truncate(done)
+    else:
+        rd.write_config(cfg.to_dict())
+        rd.start_alpha_history(search.alphas())
+    bar = make_progress(progress)
+    with _terminate_as_interrupt():
+        for epoch in range(done, cfg.epochs):
+            try:
+                record = search.epoch(epoch, lambda i, n, e=epoch: bar(e + 1, cfg.epochs, i, n))
+            except KeyboardInterrupt:
+                raise DsaraError(f"interrupted in epoch {epoch + 1}; {rd.path} keeps the "
+                                 f"checkpoint of epoch {epoch}: continue with dsara search "
+                                 f"--resume {rd.path}") from None
+            check_finite(record, search, rd, epoch)
+            rd.append(record, search.alphas())
+            save_architecture(search.architecture(epoch + 1), rd.architecture)
+            rd.save_checkpoint(search.state(epoch + 1))
+            log_epoch(record, cfg)
+            for callback in callbacks:
+                callback(record)
+    return SearchResult(rd.path, search.architecture(cfg.epochs), rd.read_metrics(), resumed_from)
+
+
+def resolve_resume(given: SearchConfig, rd: RunDir) -> SearchConfig:
+    """The saved config of `rd`; options given now must match it, except harmless ones."""
+    saved = SearchConfig.from_dict(rd.read_config(), f"{rd.config}")
+    explicit = getattr(given, "explicit", None)  # the command line marks what the user typed
+    for key, value in given.to_dict().items():
+        if key in RESUMABLE_CHANGES or (explicit is not None and key not in explicit):
+            continue
+        if saved.to_dict()[key] != value:
+            raise DsaraError(f"{rd.path} was made with {key} = {saved.to_dict()[key]!r}, not "
+                             f"{value!r}; resume it without changing {key}, or start a new "
+                             "search with another --out")
+    for key in RESUMABLE_CHANGES - {"out"}:
+        setattr(saved, key, getattr(given, key))
+    saved.out = str(rd.path)
+    return saved
+
+
+def check_finite(record, search: Search, rd: RunDir, epoch: int) -> None:
+    losses = [record["train_loss_adv"], record["val_loss_nat"], record["val_loss_adv"]]
+    alphas_ok = all(torch.isfinite(a).all() for a in search.model.arch_parameters())
+    if not all(math.isfinite(v) for v in losses) or not alphas_ok:
+        kept = (f"the last good checkpoint (epoch {epoch}) is kept in {rd.path}" if epoch
+                else "no checkpoint was written")
+        raise DsaraError(f"the loss became NaN or infinite in epoch {epoch + 1}; {kept}; "
+                         "try a lower --lr or --arch-lr")
+
+
+def alpha_entropy(model: Supernet) -> dict[str, float]:
+    """Mean entropy (nats) of the op distribution per edge, per cell type; log(ops) = uniform."""
+    out = {}
+    for t, a in model.alphas.items():
+        p = torch.softmax(a.detach().float(), dim=-1)
+        out[t] = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+    return out
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DsaraError(f"device {name!r} asked for but CUDA is not available here; use "
+                         "--device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DsaraError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM stops a search like Ctrl-C: the last epoch's checkpoint stays valid."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. a study worker thread): leave it alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def make_progress(enabled: bool | None) -> Callable[[int, int, int, int], None]:
+    """A one-line progress bar on a terminal; nothing otherwise (epochs are logged as lines)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return lambda *a: None
+
+    def show(epoch, epochs, step, steps):
+        filled = int(30 * step / steps)
+        end = "\n" if step == steps else ""
+        sys.stderr.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] "
+                         f"{step}/{steps}{end}")
+        sys.stderr.flush()
+    return show
+
+
+def log_epoch(r: dict[str, Any], cfg: SearchConfig) -> None:
+    gamma = f" gamma {r['gamma_mean']:.2f}" if r["gamma_mean"] is not None else ""
+    free = " ".join(f"{t}:{n}" for t, n in r["param_free"].items())
+    print(f"epoch {r['epoch']}/{cfg.epochs} stage {r['stage']} | arch-val clean "
+          f"{r['val_clean_acc']:.3f} pgd {r['val_pgd_acc']:.3f} | train adv loss "
+          f"{r['train_loss_adv']:.3f}{gamma} | param-free {free} | "
+          f"{r['images_per_s']:.0f} img/s, {r['epoch_time_s']:.1f} s", flush=True)

@@ -1,0 +1,120 @@
+"""The pieces of one DSARA search step: adversarial examples, the weight step, the arch gradient.
+
+All statistics are returned as device tensors; nothing here calls `.item()`, so a step never waits
+for the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+import torch.nn.functional as F
+
+from ..attacks import pgd
+from ..supernet import Supernet
+from .config import SearchConfig
+from .mgda import combine, flat
+
+Ctx = Callable[[], AbstractContextManager]
+
+
+def adversarial(model: Supernet, x, y, cfg: SearchConfig, amp: Ctx) -> torch.Tensor:
+    """PGD examples of a batch at the current weights and alpha (inner maximization)."""
+    with amp():
+        return pgd(model, x, y, cfg.eps, cfg.step_size, cfg.pgd_steps, random_start=True)
+
+
+def ce(model: Supernet, x, y, amp: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 cross-entropy, number of correct predictions) of the supernet on a batch."""
+    with amp():
+        logits = model(x)
+    return F.cross_entropy(logits.float(), y), (logits.argmax(1) == y).sum()
+
+
+def weight_step(model: Supernet, x_adv, y, opt: torch.optim.Optimizer, cfg: SearchConfig,
+                amp: Ctx, weights: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """SGD on the cross-entropy of PGD examples: the supernet is adversarially trained."""
+    opt.zero_grad(set_to_none=True)
+    loss, correct = ce(model, x_adv, y, amp)
+    loss.backward(inputs=weights)  # alpha gets no gradient from the weight step
+    torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip, foreach=True)
+    opt.step()
+    return {"train_loss_adv": loss.detach(), "train_correct_adv": correct}
+
+
+def arch_step(model: Supernet, x_v, y_v, x_v_adv, stage: int, cfg: SearchConfig, amp: Ctx,
+              opt: torch.optim.Optimizer, unrolled: Callable | None = None
+              ) -> dict[str, torch.Tensor]:
+    """One Adam step of alpha on the stage's objective; stage 2 combines g_nat and lam*g_adv."""
+    alphas = model.arch_parameters()
+    loss_nat, correct_nat = ce(model, x_v, y_v, amp)
+    loss_adv, correct_adv = ce(model, x_v_adv, y_v, amp)
+    stats = {"val_loss_nat": loss_nat.detach(), "val_loss_adv": loss_adv.detach(),
+             "val_correct_nat": correct_nat, "val_correct_adv": correct_adv}
+    scale = cfg.lam if stage == 2 else 1.0
+    if unrolled is None:
+        g_adv = list(torch.autograd.grad(scale * loss_adv, alphas, retain_graph=stage == 2))
+        g_nat = list(torch.autograd.grad(loss_nat, alphas)) if stage == 2 else None
+    else:
+        del loss_nat, loss_adv  # the second-order update re-evaluates them at the virtual weights
+        g_adv = unrolled(lambda: scale * ce(model, x_v_adv, y_v, amp)[0])
+        g_nat = unrolled(lambda: ce(model, x_v, y_v, amp)[0]) if stage == 2 else None
+    if stage == 2:
+        direction, gamma = combine(g_nat, g_adv, cfg.combine)
+        stats["gamma"] = gamma.detach()
+    else:
+        direction = g_adv
+    opt.zero_grad(set_to_none=True)
+    for a, g in zip(alphas, direction):
+        a.grad = g.to(a.dtype)
+    opt.step()
+    return stats
+
+
+def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: SearchConfig,
+                  amp: Ctx) -> Callable[[Callable[[], torch.Tensor]], list[torch.Tensor]]:
+    """Second-order (DARTS) alpha gradient of a validation loss L_val:
+
+        grad_alpha L_val(w', alpha) - xi * (grad_alpha L_train(w+) - grad_alpha L_train(w-)) / 2R
+
+    with w' = w - xi * (SGD step on L_train), w+- = w +- R * grad_w' L_val, R = 0.01 / ||grad_w'||.
+    L_train is the CE of the train batch's PGD examples, held fixed.
+    """
+    weights, alphas = model.weight_parameters(), model.arch_parameters()
+    xi = w_opt.param_groups[0]["lr"]
+    momentum = w_opt.param_groups[0]["momentum"]
+    wd = w_opt.param_groups[0]["weight_decay"]
+    original = [w.detach().clone() for w in weights]
+    g_train = torch.autograd.grad(ce(model, x_t_adv, y_t, amp)[0], weights, allow_unused=True)
+    virtual = []
+    for w, g in zip(original, g_train):
+        buf = w_opt.state.get(weights[len(virtual)], {}).get("momentum_buffer")
+        d = (torch.zeros_like(w) if g is None else g) + wd * w
+        if buf is not None:
+            d = d + momentum * buf
+        virtual.append(w - xi * d)
+
+    def assign(values):
+        with torch.no_grad():
+            for w, v in zip(weights, values):
+                w.copy_(v)
+
+    def train_alpha_grad():
+        return torch.autograd.grad(ce(model, x_t_adv, y_t, amp)[0], alphas)
+
+    def unrolled(val_loss: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
+        assign(virtual)
+        grads = torch.autograd.grad(val_loss(), alphas + weights, allow_unused=True)
+        d_alpha = grads[: len(alphas)]
+        d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads[len(alphas):])]
+        R = 0.01 / flat(d_w).norm().clamp_min(1e-12)
+        assign([w + R * d for w, d in zip(original, d_w)])
+        g_pos = train_alpha_grad()
+        assign([w - R * d for w, d in zip(original, d_w)])
+        g_neg = train_alpha_grad()
+        assign(original)
+        return [a - xi * (p - n) / (2 * R) for a, p, n in zip(d_alpha, g_pos, g_neg)]
+
+    return unrolled
