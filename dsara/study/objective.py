@@ -1,0 +1,122 @@
+"""One trial of a study: a DSARA search with the trial's swept values, then its objective values.
+
+The trial's search runs in ``<artifact root>/<study>/trial-<N>``. A re-queued trial (its worker
+died) gets the number of the trial it retries from Optuna's retry record and continues that trial's
+run directory from its last checkpoint; ``resumed_from_epoch`` on the trial says where.
+
+Objectives (all accuracies in [0, 1], maximized):
+
+- ``supernet``: the search's last-epoch arch-val accuracies, clean and under the search's PGD.
+  Cheap; measures the supernet, not the network one would deploy.
+- ``retrain``: a short adversarial retrain (`dsara.train`, [objective.retrain]) of the derived
+  network, then its clean and PGD accuracy (PGD with `val_steps` steps of eps/4) on a validation
+  split held out from the retraining data (`val_size` images). The test split is never used, so it
+  stays clean for the final report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..search import SearchConfig
+from ..search import run as search_run
+from ..search.rundir import RunDir
+from .definition import StudyDefinition, retrain_config
+
+# bulky per-epoch fields left out of the metrics recorded on the trial (the run dir keeps them)
+BULKY = ("genotype", "genotype_text")
+SEARCH_METRIC = {"clean_acc": "val_clean_acc", "pgd_acc": "val_pgd_acc"}
+
+
+def trial_run_dir(study_name: str, number: int) -> str:
+    """A trial's run directory, relative to the study's artifact root."""
+    return f"{study_name}/trial-{number}"
+
+
+def retried_number(trial) -> int | None:
+    """The number of the original trial this one retries (Optuna keeps it in system attrs)."""
+    import optuna
+
+    frozen = trial.study._storage.get_trial(trial._trial_id)  # live trials hide system attrs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+
+
+def objective(trial, definition: StudyDefinition, artifact_root: str | Path,
+              log=print) -> list[float]:
+    """Run the trial; record architecture, config, metrics and run dir on it; return its values."""
+    origin = retried_number(trial)
+    rel = trial_run_dir(trial.study.study_name, trial.number if origin is None else origin)
+    run_dir = Path(artifact_root) / rel
+    values = {name: p.suggest(trial) for name, p in definition.params.items()}
+    cfg = definition.search_config(values, run_dir)
+    trial.set_user_attr("run_dir", rel)
+    trial.set_user_attr("config", cfg.to_dict())
+    if origin is not None:
+        trial.set_user_attr("retry_of", origin)
+    resume = prepare_run_dir(run_dir, retry=origin is not None)
+    log(f"trial {trial.number}: {'resuming ' + rel if resume else rel}"
+        f"{' ' + _fmt(values) if values else ''}")
+    result = search_run(cfg, callbacks=_pruning_callbacks(trial, definition), resume=resume,
+                        progress=False)
+    trial.set_user_attr("resumed_from_epoch", result.resumed_from or 0)
+    metrics = {k: v for k, v in result.final.items() if k not in BULKY}
+    if definition.objective == "retrain":
+        metrics |= retrain(definition, run_dir, log)
+    else:
+        metrics |= {m: result.final[SEARCH_METRIC[m]] for m in SEARCH_METRIC}
+    metrics["objective"] = definition.objective
+    trial.set_user_attr("architecture", result.architecture.to_dict())
+    trial.set_user_attr("metrics", metrics)
+    return [float(metrics[m]) for m in definition.metrics]
+
+
+def prepare_run_dir(run_dir: Path, retry: bool) -> bool:
+    """True if the search continues from a checkpoint; a retry without one starts over."""
+    rd = RunDir(run_dir)
+    if rd.checkpoint.exists():
+        return True
+    if retry and rd.has_search():  # the dead worker got no epoch done: clear its partial files
+        shutil.rmtree(run_dir)
+    return False
+
+
+def retrain(definition: StudyDefinition, run_dir: Path, log) -> dict[str, Any]:
+    """Short adversarial retrain of the searched network; its last epoch's held-out accuracies."""
+    from ..train import run as train_run
+
+    cfg = retrain_config(definition, run_dir / "architecture.json", run_dir / "retrain")
+    result = train_run(cfg, log=lambda line: log(f"  retrain {line}"))
+    last = result.history[-1]
+    return {"clean_acc": last["val_clean"], "pgd_acc": last["val_robust"],
+            "retrain_epochs": result.epochs_done, "retrain_val_size": cfg.val_size}
+
+
+def _pruning_callbacks(trial, definition: StudyDefinition):
+    """Single-objective supernet studies report every epoch and may be pruned; others cannot
+    (Optuna has no pruning for several objectives; a retrain's value is not the supernet's)."""
+    if len(definition.metrics) > 1 or definition.objective != "supernet":
+        return ()
+    import optuna
+
+    key = SEARCH_METRIC[definition.metrics[0]]
+
+    def report(record: dict[str, Any]) -> None:
+        trial.report(record[key], step=record["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
+    return (report,)
+
+
+def _fmt(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in values.items())
+
+
+def search_config_of(trial) -> SearchConfig:
+    """The resolved search config recorded on a trial."""
+    return SearchConfig.from_dict(trial.user_attrs["config"], f"trial {trial.number} config")

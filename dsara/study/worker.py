@@ -1,0 +1,179 @@
+"""A study worker: claim a trial, run it with a heartbeat, record it; repeat until the budget is met.
+
+Start as many workers as you like, on as many machines as see the storage and the artifact root.
+The trial budget is the definition's ``[budget] n_trials``: complete trials of the study, all workers
+together. It is exact: each claim -- fail stale trials, count COMPLETE + RUNNING trials, ask for a
+trial -- runs under a lock held in the database (PostgreSQL advisory lock; a lock file beside a
+SQLite database), so two workers never both take the last slot. A re-queued (WAITING) trial is
+always taken first: it replaces a failed one and does not add to the count. While the budget is
+met only by counting running trials, a worker waits (polling every heartbeat period) instead of
+leaving: if one of those trials fails, or its worker dies, it takes over.
+
+Samplers are not stored: every claim builds the definition's sampler seeded with ``seed + number of
+trials so far``, so concurrent workers never draw the same values and one worker is reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DsaraError
+from .definition import StudyDefinition
+from .manage import open_study
+from .objective import objective
+from .storage import GRACE_S, HEARTBEAT_S, Heartbeat, claim_lock, open_storage
+
+MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of burning budget
+WAIT = "wait"  # claim(): the budget is met only by running trials: poll again later
+
+
+@dataclass
+class WorkerSummary:
+    completed: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    pruned: list[int] = field(default_factory=list)
+    stopped: str = ""  # why the worker stopped
+
+
+def make_sampler(definition: StudyDefinition, seed: int):
+    import optuna
+
+    if definition.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if definition.sampler == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    kw = {"population_size": definition.population_size} if definition.population_size else {}
+    return optuna.samplers.NSGAIISampler(seed=seed, **kw)
+
+
+def make_pruner(definition: StudyDefinition):
+    import optuna
+
+    if definition.pruner == "median" and len(definition.metrics) == 1:
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def claim(study, definition: StudyDefinition, storage):
+    """The next trial to run (a re-queued one first); "wait" while the budget is met only by
+    counting running trials (one may still fail or go stale); None when the study is done."""
+    import optuna
+    from optuna.trial import TrialState
+
+    with claim_lock(storage, study.study_name):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # dead workers' trials: failed, re-queued
+        trials = study.get_trials(deepcopy=False)
+        states = Counter(t.state for t in trials)
+        if states[TrialState.WAITING] == 0:
+            if states[TrialState.COMPLETE] >= definition.n_trials:
+                return None
+            if states[TrialState.COMPLETE] + states[TrialState.RUNNING] >= definition.n_trials:
+                return WAIT
+        study.sampler = make_sampler(definition, definition.seed + len(trials))
+        with warnings.catch_warnings():  # heartbeats are recorded by `Heartbeat`, not optimize()
+            warnings.simplefilter("ignore", UserWarning)
+            return study.ask()
+
+
+def run_worker(name: str, storage: str | None = None, n_trials: int | None = None,
+               timeout: float | None = None, heartbeat_s: int = HEARTBEAT_S,
+               grace_s: int = GRACE_S, artifact_root: str | Path | None = None,
+               log=print) -> WorkerSummary:
+    """Run trials of study `name` until its budget is met, or `n_trials` / `timeout` (seconds)
+    of this worker are used up."""
+    import optuna
+
+    st = open_storage(storage, heartbeat_s=heartbeat_s, grace_s=grace_s)
+    opened = open_study(name, storage, st, artifact_root=artifact_root)  # + stored definition
+    study, definition, root = opened.study, opened.definition, opened.artifact_root
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        st.heartbeat_stale_trial_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=definition.max_retry)
+    study.pruner = make_pruner(definition)
+    summary, start, failures, waiting = WorkerSummary(), time.monotonic(), 0, False
+    while True:
+        if n_trials is not None and len(summary.completed) + len(summary.failed) \
+                + len(summary.pruned) >= n_trials:
+            summary.stopped = f"this worker ran its {n_trials} trials"
+            break
+        if timeout is not None and time.monotonic() - start >= timeout:
+            summary.stopped = f"this worker's timeout of {timeout:g} s passed"
+            break
+        trial = claim(study, definition, st)
+        if trial is None:
+            summary.stopped = f"the study has its {definition.n_trials} complete trials"
+            break
+        if trial is WAIT:  # the last trials run elsewhere: wait until they end or go stale
+            if not waiting:
+                log("waiting for the running trials of other workers to finish")
+            waiting = True
+            time.sleep(heartbeat_s)
+            continue
+        waiting = False
+        state = run_one(study, trial, definition, root, st, heartbeat_s, log)
+        {"COMPLETE": summary.completed, "FAIL": summary.failed,
+         "PRUNED": summary.pruned}[state].append(trial.number)
+        failures = failures + 1 if state == "FAIL" else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            summary.stopped = f"{failures} trials in a row failed; fix the cause and run again"
+            break
+    return summary
+
+
+def run_one(study, trial, definition: StudyDefinition, root: Path, storage, heartbeat_s: int,
+            log) -> str:
+    """Run one claimed trial and tell the study; returns the trial's final state name."""
+    import optuna
+    from optuna.trial import TrialState
+
+    with Heartbeat(storage, trial._trial_id, heartbeat_s):
+        try:
+            values = objective(trial, definition, root, log)
+        except optuna.TrialPruned as e:
+            study.tell(trial, state=TrialState.PRUNED)
+            log(f"trial {trial.number}: {e}")
+            return "PRUNED"
+        except (KeyboardInterrupt, DsaraError) as e:
+            if isinstance(e, DsaraError) and not str(e).startswith("interrupted"):
+                return _fail(study, trial, e, log)
+            requeue(study, trial, definition)  # stopped by the user or SIGTERM: resume later
+            raise
+        except Exception as e:  # a bug or a broken environment: the trial fails, the worker goes on
+            return _fail(study, trial, e, log)
+    study.tell(trial, values)
+    names = study.metric_names or []
+    log(f"trial {trial.number} complete: " + ", ".join(
+        f"{n} {v:.4f}" for n, v in zip(names, values)))
+    return "COMPLETE"
+
+
+def _fail(study, trial, error: Exception, log) -> str:
+    from optuna.trial import TrialState
+
+    message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    trial.set_user_attr("error", message)
+    study.tell(trial, state=TrialState.FAIL)
+    log(f"trial {trial.number} failed: {message}")
+    return "FAIL"
+
+
+def requeue(study, trial, definition: StudyDefinition) -> None:
+    """Fail an interrupted trial and queue its retry at once (as the heartbeat check would later)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study.tell(trial, state=TrialState.FAIL)
+    frozen = study._storage.get_trial(trial._trial_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=definition.max_retry)(
+            study, frozen)
