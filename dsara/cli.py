@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "dsara.commands.evaluate",
     "dsara.commands.plot",
     "dsara.commands.search",
+    "dsara.commands.study",
     "dsara.commands.train",
 ]
 
