@@ -56,9 +56,13 @@ def _random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float,
         steps: int, random_start: bool = True, loss_fn: LossFn | None = None,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, start: torch.Tensor | None = None
+        ) -> torch.Tensor:
     """Madry et al. L-inf PGD: `steps` signed-gradient ascent steps projected onto the eps-ball
-    around x and onto [0, 1]. Returns the adversarial images, detached, in x's dtype."""
+    around x and onto [0, 1]. Returns the adversarial images, detached, in x's dtype.
+
+    `start`, if given, is the initial perturbation instead of a fresh random one (a data-parallel
+    search passes each rank its shard of the global batch's random start)."""
     if eps < 0 or steps < 0 or step_size < 0:
         raise DsaraError(f"PGD needs eps, step size and steps >= 0; got {eps}, {step_size}, "
                          f"{steps}")
@@ -66,7 +70,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     x32 = x.detach().float()
     if eps == 0 or steps == 0:
         return x.detach().clone()
-    delta = _random_start(x32, eps, generator) if random_start else torch.zeros_like(x32)
+    if start is not None:
+        delta = (x32 + start.float().clamp(-eps, eps)).clamp_(0, 1) - x32
+    else:
+        delta = _random_start(x32, eps, generator) if random_start else torch.zeros_like(x32)
     for _ in range(steps):
         grad = _input_grad(model, x32, delta, y, loss_fn)
         with torch.no_grad():

@@ -400,11 +400,18 @@ class Loader:
     augmentation (`augment_batch`) run there, with no host round trip per step. Every random draw is
     a pure function of ``(seed, epoch, step)`` on a given device type, so ``epoch(e, start_step=k)``
     yields exactly the tail of ``epoch(e)`` and a resumed run sees the same batches.
+
+    Data-parallel: with ``world_size`` N, `batch_size` is the global batch and rank r gets the r-th
+    of N equal slices of it, after the global batch's shuffling and augmentation; so the N shards
+    together are exactly the batch a single process sees.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool = True, augment: bool = False,
                  drop_last: bool = True, device: str | torch.device = "cpu", seed: int = 0,
-                 channels_last: bool = False):
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size or batch_size % world_size:
+            raise DsaraError(f"the global batch_size ({batch_size}) must split evenly over "
+                             f"{world_size} processes (rank {rank}); use a multiple of {world_size}")
         if not 1 <= batch_size <= len(data):
             raise DsaraError(f"batch_size must be between 1 and the split size ({len(data)} images), "
                              f"got {batch_size}; lower --batch-size or use more data")
@@ -413,6 +420,7 @@ class Loader:
         self.labels = data.labels.to(self.device)
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -435,6 +443,9 @@ class Loader:
         x = self.images[idx].float().div_(255)  # (B, C, H, W) in [0, 1]
         if self.augment:
             x = augment_batch(x, self._generator(epoch, step))
+        y = self.labels[idx]
+        if self.world_size > 1:  # this rank's slice of the global batch
+            x, y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.labels[idx]
+        return x, y

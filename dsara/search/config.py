@@ -68,6 +68,9 @@ class SearchConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet
+    # data-parallel runs (torchrun) only: BatchNorm over the global batch instead of each rank's
+    # slice; exact equivalence to one process, but 2 all-reduces per BN layer per pass (slow)
+    sync_bn: bool = False
     deterministic: bool = False  # deterministic kernels (slower on CUDA)
     out: str = "runs/search"  # run directory
 
@@ -141,7 +144,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return int(value)
         if name == "arch_betas":
             return tuple(float(b) for b in value)
-        if name in ("download", "compile", "deterministic"):
+        if name in ("download", "compile", "deterministic", "sync_bn"):
             if not isinstance(value, bool):
                 raise ValueError
         if name in ("space_overrides", "synthetic") and not isinstance(value, dict):

@@ -5,6 +5,9 @@ CE on the adversarial arch-val batch; stage 2: min-norm combination of g_nat and
 weight step on the adversarial weight-train batch. Per epoch: one record in metrics.jsonl, alpha in
 alpha_history.jsonl, the derived architecture, then the checkpoint. Statistics stay on the device
 during the epoch and are read once at its end.
+
+Under `torchrun` the same loop runs data-parallel (see `distributed`): each rank steps on its slice
+of every global batch with rank-averaged gradients; rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from ..errors import DsaraError
 from ..genotype import Genotype
 from ..space import SearchSpace, load_space
 from ..supernet import Supernet
+from . import distributed
 from .config import SearchConfig
+from .distributed import Dist
 from .rundir import RunDir
 from .steps import adversarial, arch_step, make_unrolled, weight_step
 
@@ -57,9 +62,9 @@ class SearchResult:
 class Search:
     """Everything a search holds: data, supernet, optimizers. `run()` drives it."""
 
-    def __init__(self, cfg: SearchConfig):
-        self.cfg = cfg
-        self.device = pick_device(cfg.device)
+    def __init__(self, cfg: SearchConfig, dist: Dist = Dist(), device: torch.device | None = None):
+        self.cfg, self.dist = cfg, dist
+        self.device = device or pick_device(cfg.device)
         cuda = self.device.type == "cuda"
         self.space: SearchSpace = load_space(cfg.space, cfg.space_overrides)
         synthetic = SyntheticConfig(**cfg.synthetic) if cfg.dataset == "synthetic" else None
@@ -67,21 +72,28 @@ class Search:
                                            synthetic=synthetic)
         w_train, a_val = split_train(train, cfg.arch_fraction, cfg.data_seed)
         cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        shard = {"rank": dist.rank, "world_size": dist.world_size}  # batch_size is global
         self.train = Loader(w_train, cfg.batch_size, shuffle=True, augment=True,
-                            device=self.device, seed=cfg.seed, channels_last=cl)
+                            device=self.device, seed=cfg.seed, channels_last=cl, **shard)
         self.val = Loader(a_val, cfg.batch_size, shuffle=True, augment=True,
-                          device=self.device, seed=cfg.seed + 1, channels_last=cl)
+                          device=self.device, seed=cfg.seed + 1, channels_last=cl, **shard)
         macro = self.space.proxy_macro(num_classes=self.info.num_classes, mean=self.info.mean,
                                        std=self.info.std)
         self.model = Supernet(macro, self.space.ops, cfg.partial_k, cfg.alpha_init_std)
+        if dist.enabled and cfg.sync_bn:
+            distributed.global_batchnorm(self.model)
         self.model.to(self.device, memory_format=torch.channels_last if cl else
                       torch.contiguous_format)
+        dist.broadcast_(list(self.model.state_dict().values()))  # every rank starts as rank 0
         self.net = torch.compile(self.model) if cfg.compile else self.model
         self.weights = self.model.weight_parameters()
+        # fused kernels on CUDA (one launch per step); the foreach path elsewhere
+        opt_kw = {"fused": True} if cuda else {"foreach": True}
         self.w_opt = torch.optim.SGD(self.weights, cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay, foreach=True)
+                                     weight_decay=cfg.weight_decay, **opt_kw)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), cfg.arch_lr,
-                                      betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay)
+                                      betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay,
+                                      **opt_kw)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs,
                                                                 eta_min=cfg.lr_min)
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
@@ -90,33 +102,44 @@ class Search:
 
     # -- one epoch ------------------------------------------------------------------------------
     def epoch(self, epoch: int, progress: Callable[[int, int], None]) -> dict[str, Any]:
-        cfg, model = self.cfg, self.net
-        stage = 1 if epoch < cfg.stage1 else 2
-        model.train()
+        stage = 1 if epoch < self.cfg.stage1 else 2
+        self.net.train()
         totals: dict[str, torch.Tensor] = {}
         start = time.perf_counter()
         batches = zip(self.train.epoch(epoch), self.val.epoch(epoch))
-        for step, ((x_t, y_t), (x_v, y_v)) in enumerate(batches):
+        for step, (batch_t, batch_v) in enumerate(batches):
             if step >= self.steps:
                 break
-            x_t_adv = adversarial(model, x_t, y_t, cfg, self.amp)
-            x_v_adv = adversarial(model, x_v, y_v, cfg, self.amp)
-            unrolled = (make_unrolled(self.model, x_t_adv, y_t, self.w_opt, cfg, self.amp)
-                        if cfg.order == "second" else None)
-            stats = arch_step(model, x_v, y_v, x_v_adv, stage, cfg, self.amp, self.a_opt,
-                              unrolled)
-            stats |= weight_step(model, x_t_adv, y_t, self.w_opt, cfg, self.amp, self.weights)
+            stats = self.step(batch_t, batch_v, stage)
             for k, v in stats.items():
                 totals[k] = totals[k] + v.float() if k in totals else v.float()
             progress(step + 1, self.steps)
         lr = self.w_opt.param_groups[0]["lr"]
         self.sched.step()
+        self.dist.check_same(self.model.arch_parameters(), "alpha")
         seconds = time.perf_counter() - start
         return self.record(epoch, stage, totals, lr, seconds)
 
+    def step(self, batch_t, batch_v, stage: int) -> dict[str, torch.Tensor]:
+        """One search step on a weight-train and an arch-val batch (this rank's slices); returns
+        device tensors (no host sync)."""
+        cfg, model, d = self.cfg, self.net, self.dist
+        (x_t, y_t), (x_v, y_v) = batch_t, batch_v
+        x_t_adv = adversarial(model, x_t, y_t, cfg, self.amp, d)
+        x_v_adv = adversarial(model, x_v, y_v, cfg, self.amp, d)
+        unrolled = (make_unrolled(self.model, x_t_adv, y_t, self.w_opt, cfg, self.amp, d)
+                    if cfg.order == "second" else None)
+        stats = arch_step(model, x_v, y_v, x_v_adv, stage, cfg, self.amp, self.a_opt, unrolled, d)
+        stats |= weight_step(model, x_t_adv, y_t, self.w_opt, cfg, self.amp, self.weights, d)
+        return stats
+
     def record(self, epoch, stage, totals, lr, seconds) -> dict[str, Any]:
         keys = sorted(totals)
-        values = dict(zip(keys, torch.stack([totals[k] for k in keys]).tolist()))  # one sync
+        summed = self.dist.sum(torch.stack([totals[k] for k in keys]))  # counts: over all ranks
+        values = dict(zip(keys, summed.tolist()))  # one sync
+        for k in keys:
+            if "correct" not in k:  # losses and gamma are means: average them over the ranks
+                values[k] /= self.dist.world_size
         n, b = self.steps, self.cfg.batch_size
         genotype = self.model.genotype()
         return {
@@ -186,15 +209,25 @@ def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], Non
         raise DsaraError(f"{rd.path} already holds a search; continue it with --resume "
                          f"{rd.path} or choose another --out")
     seed_everything(cfg.seed, cfg.deterministic)
-    search = Search(cfg)
+    dist, device, created = distributed.setup(pick_device(cfg.device))
+    try:
+        return _run(cfg, rd, Search(cfg, dist, device), callbacks, resume, progress)
+    finally:
+        distributed.teardown(created)
+
+
+def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, resume: bool,
+         progress: bool | None) -> SearchResult:
+    main = search.dist.main  # only rank 0 writes files and logs
     done, resumed_from = 0, None
     if resume:
         done = resumed_from = search.load_state(rd.load_checkpoint(search.device))
-        rd.truncate(done)
-    else:
+        if main:
+            rd.truncate(done)
+    elif main:
         rd.write_config(cfg.to_dict())
         rd.start_alpha_history(search.alphas())
-    bar = make_progress(progress)
+    bar = make_progress(progress if main else False)
     with _terminate_as_interrupt():
         for epoch in range(done, cfg.epochs):
             try:
@@ -204,12 +237,14 @@ def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], Non
                                  f"checkpoint of epoch {epoch}: continue with dsara search "
                                  f"--resume {rd.path}") from None
             check_finite(record, search, rd, epoch)
-            rd.append(record, search.alphas())
-            save_architecture(search.architecture(epoch + 1), rd.architecture)
-            rd.save_checkpoint(search.state(epoch + 1))
-            log_epoch(record, cfg)
-            for callback in callbacks:
+            if main:
+                rd.append(record, search.alphas())
+                save_architecture(search.architecture(epoch + 1), rd.architecture)
+                rd.save_checkpoint(search.state(epoch + 1))
+                log_epoch(record, cfg)
+            for callback in callbacks:  # every rank: the record is the same (rank-reduced)
                 callback(record)
+    search.dist.barrier()  # rank 0 has written everything
     return SearchResult(rd.path, search.architecture(cfg.epochs), rd.read_metrics(), resumed_from)
 
 
@@ -273,6 +308,7 @@ def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_current"] = torch.cuda.get_rng_state()  # the one this (rank 0) process drew from
     return state
 
 
@@ -280,6 +316,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        if "cuda_current" in state:  # rank k continues on cuda:k from rank 0's stream
+            torch.cuda.set_rng_state(state["cuda_current"].cpu())
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ def combine(g_nat: list[torch.Tensor], g_adv: list[torch.Tensor], how: str = "mg
             ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Combine per-parameter gradient lists; returns (direction, gamma) with gamma a 0-dim tensor."""
     if how == "sum":
-        gamma = torch.tensor(float("nan"), device=g_nat[0].device)
+        gamma = g_nat[0].new_full((), float("nan"), dtype=torch.float32)  # no host-to-device copy
         return [a + b for a, b in zip(g_nat, g_adv)], gamma
     gamma = min_norm_gamma(flat(g_nat), flat(g_adv))
     return [gamma * a + (1 - gamma) * b for a, b in zip(g_nat, g_adv)], gamma

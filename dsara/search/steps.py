@@ -1,11 +1,13 @@
 """The pieces of one DSARA search step: adversarial examples, the weight step, the arch gradient.
 
 All statistics are returned as device tensors; nothing here calls `.item()`, so a step never waits
-for the GPU.
+for the GPU. In a data-parallel search (`Dist`) each rank holds its slice of the global batch and
+every gradient is averaged over the ranks before it is used; with one process `Dist()` does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -15,15 +17,24 @@ import torch.nn.functional as F
 from ..attacks import pgd
 from ..supernet import Supernet
 from .config import SearchConfig
+from .distributed import Dist
 from .mgda import combine, flat
 
 Ctx = Callable[[], AbstractContextManager]
+ONE = Dist()  # a single process
 
 
-def adversarial(model: Supernet, x, y, cfg: SearchConfig, amp: Ctx) -> torch.Tensor:
+def adversarial(model: Supernet, x, y, cfg: SearchConfig, amp: Ctx, dist: Dist = ONE
+                ) -> torch.Tensor:
     """PGD examples of a batch at the current weights and alpha (inner maximization)."""
+    start = None
+    if dist.enabled and cfg.eps > 0 and cfg.pgd_steps > 0:
+        # the random start of the global batch (the draw a single process makes), then our slice
+        noise = torch.rand((dist.world_size * x.shape[0], *x.shape[1:]), device=x.device)
+        start = (2 * noise.tensor_split(dist.world_size)[dist.rank] - 1) * cfg.eps
     with amp():
-        return pgd(model, x, y, cfg.eps, cfg.step_size, cfg.pgd_steps, random_start=True)
+        return pgd(model, x, y, cfg.eps, cfg.step_size, cfg.pgd_steps, random_start=True,
+                   start=start)
 
 
 def ce(model: Supernet, x, y, amp: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,34 +45,43 @@ def ce(model: Supernet, x, y, amp: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def weight_step(model: Supernet, x_adv, y, opt: torch.optim.Optimizer, cfg: SearchConfig,
-                amp: Ctx, weights: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+                amp: Ctx, weights: list[torch.nn.Parameter], dist: Dist = ONE
+                ) -> dict[str, torch.Tensor]:
     """SGD on the cross-entropy of PGD examples: the supernet is adversarially trained."""
     opt.zero_grad(set_to_none=True)
     loss, correct = ce(model, x_adv, y, amp)
     loss.backward(inputs=weights)  # alpha gets no gradient from the weight step
+    dist.mean_grads_(weights)  # one coalesced all-reduce (no overlap with backward: kept simple)
     torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip, foreach=True)
     opt.step()
     return {"train_loss_adv": loss.detach(), "train_correct_adv": correct}
 
 
 def arch_step(model: Supernet, x_v, y_v, x_v_adv, stage: int, cfg: SearchConfig, amp: Ctx,
-              opt: torch.optim.Optimizer, unrolled: Callable | None = None
+              opt: torch.optim.Optimizer, unrolled: Callable | None = None, dist: Dist = ONE
               ) -> dict[str, torch.Tensor]:
-    """One Adam step of alpha on the stage's objective; stage 2 combines g_nat and lam*g_adv."""
+    """One Adam step of alpha on the stage's objective; stage 2 combines g_nat and lam*g_adv.
+
+    Each graph is freed before the next forward (peak memory: one graph, not two); the clean
+    forward of stage 1 only feeds the statistics, so it runs without a graph.
+    """
     alphas = model.arch_parameters()
-    loss_nat, correct_nat = ce(model, x_v, y_v, amp)
-    loss_adv, correct_adv = ce(model, x_v_adv, y_v, amp)
+    scale = cfg.lam if stage == 2 else 1.0
+    first_order = unrolled is None
+    with _graph_if(stage == 2 and first_order):
+        loss_nat, correct_nat = ce(model, x_v, y_v, amp)
+    if stage == 2 and first_order:
+        g_nat = dist.mean(list(torch.autograd.grad(loss_nat, alphas)))
+    with _graph_if(first_order):
+        loss_adv, correct_adv = ce(model, x_v_adv, y_v, amp)
     stats = {"val_loss_nat": loss_nat.detach(), "val_loss_adv": loss_adv.detach(),
              "val_correct_nat": correct_nat, "val_correct_adv": correct_adv}
-    scale = cfg.lam if stage == 2 else 1.0
-    if unrolled is None:
-        g_adv = list(torch.autograd.grad(scale * loss_adv, alphas, retain_graph=stage == 2))
-        g_nat = list(torch.autograd.grad(loss_nat, alphas)) if stage == 2 else None
-    else:
-        del loss_nat, loss_adv  # the second-order update re-evaluates them at the virtual weights
-        g_adv = unrolled(lambda: scale * ce(model, x_v_adv, y_v, amp)[0])
-        g_nat = unrolled(lambda: ce(model, x_v, y_v, amp)[0]) if stage == 2 else None
-    if stage == 2:
+    if first_order:
+        g_adv = dist.mean(list(torch.autograd.grad(scale * loss_adv, alphas)))
+    else:  # the second-order update evaluates the losses again at the virtual weights
+        g_adv = dist.mean(unrolled(lambda: scale * ce(model, x_v_adv, y_v, amp)[0]))
+        g_nat = dist.mean(unrolled(lambda: ce(model, x_v, y_v, amp)[0])) if stage == 2 else None
+    if stage == 2:  # gamma* from the rank-averaged g_nat and g_adv: the same on every rank
         direction, gamma = combine(g_nat, g_adv, cfg.combine)
         stats["gamma"] = gamma.detach()
     else:
@@ -74,7 +94,8 @@ def arch_step(model: Supernet, x_v, y_v, x_v_adv, stage: int, cfg: SearchConfig,
 
 
 def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: SearchConfig,
-                  amp: Ctx) -> Callable[[Callable[[], torch.Tensor]], list[torch.Tensor]]:
+                  amp: Ctx, dist: Dist = ONE
+                  ) -> Callable[[Callable[[], torch.Tensor]], list[torch.Tensor]]:
     """Second-order (DARTS) alpha gradient of a validation loss L_val:
 
         grad_alpha L_val(w', alpha) - xi * (grad_alpha L_train(w+) - grad_alpha L_train(w-)) / 2R
@@ -88,6 +109,7 @@ def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: Se
     wd = w_opt.param_groups[0]["weight_decay"]
     original = [w.detach().clone() for w in weights]
     g_train = torch.autograd.grad(ce(model, x_t_adv, y_t, amp)[0], weights, allow_unused=True)
+    g_train = _mean_some(dist, g_train)
     virtual = []
     for w, g in zip(original, g_train):
         buf = w_opt.state.get(weights[len(virtual)], {}).get("momentum_buffer")
@@ -109,6 +131,7 @@ def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: Se
         grads = torch.autograd.grad(val_loss(), alphas + weights, allow_unused=True)
         d_alpha = grads[: len(alphas)]
         d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads[len(alphas):])]
+        d_w = dist.mean(d_w)
         R = 0.01 / flat(d_w).norm().clamp_min(1e-12)
         assign([w + R * d for w, d in zip(original, d_w)])
         g_pos = train_alpha_grad()
@@ -118,3 +141,17 @@ def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: Se
         return [a - xi * (p - n) / (2 * R) for a, p, n in zip(d_alpha, g_pos, g_neg)]
 
     return unrolled
+
+
+def _mean_some(dist: Dist, grads) -> list[torch.Tensor | None]:
+    """`dist.mean` over the non-None entries of `grads`, keeping the Nones in place."""
+    present = [i for i, g in enumerate(grads) if g is not None]
+    out = list(grads)
+    for i, g in zip(present, dist.mean([grads[i] for i in present])):
+        out[i] = g
+    return out
+
+
+def _graph_if(needed: bool) -> AbstractContextManager:
+    """Build an autograd graph only when a gradient will be taken (saves the activations)."""
+    return contextlib.nullcontext() if needed else torch.no_grad()
