@@ -156,6 +156,18 @@ def test_checkpoint_of_another_architecture_names_its_owner(run_dir):
     assert not model.training
 
 
+def test_cell_checkpoint_of_another_size_names_its_owner(tmp_path):
+    arch = save_architecture(from_genotype_text(TINY_GENOTYPE, "tiny"), tmp_path / "cells.json")
+    run(TrainConfig(arch=str(arch), out=str(tmp_path / "run"), dataset="synthetic",
+                    synthetic={**SYNTH, "n_train": 48}, channels=4, epochs=1, batch_size=16,
+                    val_size=16, steps=1, val_steps=1), log=lambda s: None)
+    with pytest.raises(DsaraError, match=r"belongs to architecture cells \(4 channels, 5 cells\), "
+                                         r"not to architecture cells \(8 channels, 5 cells\)"):
+        load_trained(tmp_path / "run", arch=str(arch))
+    with pytest.raises(DsaraError, match="belongs to architecture cells .*not to baseline resnet18"):
+        load_trained(tmp_path / "run", arch="resnet18")
+
+
 @pytest.mark.slow
 def test_autoattack_through_the_authors_library(run_dir, test_set):
     pytest.importorskip("pyautoattack", reason="optional extra: pip install pyautoattack")
@@ -196,3 +208,14 @@ def test_cli_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("dsara: error: ") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_readme_example_on_resnet18(tmp_path):
+    """The README's baseline commands verbatim (minutes on a CPU)."""
+    run_dir = str(tmp_path / "resnet18")
+    assert main(["train", "resnet18", "--dataset", "synthetic", "--synthetic-train", "512",
+                 "--synthetic-test", "128", "--synthetic-size", "16", "--method", "pgd-at",
+                 "--epochs", "1", "--steps", "3", "--batch-size", "64", "--val-size", "64",
+                 "--out", run_dir]) == 0
+    assert main(["evaluate", run_dir, "--attacks", "clean,fgsm,pgd20", "--eps", "0.031"]) == 0
