@@ -3,6 +3,7 @@ guard, model selection on validation, and bad input."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,6 +167,14 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(v, b["model"][k]), k
     strip = [{k: v for k, v in r.items() if k != "time_s"} for r in straight.history]
     assert strip == [{k: v for k, v in r.items() if k != "time_s"} for r in resumed.history]
+
+
+def test_resume_needs_no_architecture_file(tmp_path, arch_file):
+    cfg = tiny_config(tmp_path, arch=arch_file, channels=4, batch_size=16,
+                      synthetic={**SYNTH, "n_train": 48})
+    run(cfg, max_epochs=1, log=lambda s: None)
+    Path(arch_file).unlink()  # the checkpoint holds the whole architecture
+    assert run(cfg, log=lambda s: None).epochs_done == 2
 
 
 def test_best_checkpoint_is_chosen_on_validation(tmp_path):

@@ -64,7 +64,7 @@ class TrainConfig:
     channels: int | None = None  # initial channels C of a cell network; None: the architecture's
     auxiliary_weight: float | None = None  # auxiliary-head CE weight; None: the architecture's
     drop_path: float | None = None  # final drop-path probability (ramped from 0); None: arch's
-    val_size: int = 1000  # training images held out for model selection (never the test set)
+    val_size: int = 1000  # train images held out for model selection (~, per-class rounding)
     val_steps: int = 10  # PGD steps (of eps/4) of the validation attack
     overfit_guard: float = 0.2  # fgsm-rs: stop if val PGD accuracy falls by more (0..1) in an epoch
     augment: bool = True  # pad-4 random crop + horizontal flip
@@ -216,15 +216,22 @@ def train_epoch(model, loader: Loader, epoch: int, method, params: AdvParams, op
 
 # ----------------------------------------------------------------------------- state
 
-def _resume(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler) -> dict[str, Any]:
-    """Load last.pt if present (after checking it is this run's); else a fresh state."""
-    fresh = {"epoch": 0, "best": {"epoch": 0, "val_robust": -1.0, "val_clean": 0.0},
-             "history": [], "stopped_early": False}
+def _previous(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """last.pt of this run directory, after checking it is a run of the same config."""
     path = run_dir / "last.pt"
     if not path.exists():
-        return fresh
+        return None
     ckpt = load_checkpoint(path)
     _check_same_run(ckpt.get("config", {}), cfg, run_dir)
+    return ckpt
+
+
+def _restore(ckpt: dict[str, Any] | None, model, optimizer, scheduler) -> dict[str, Any]:
+    """The loop state of `ckpt` with model, optimizer and scheduler loaded; fresh without one."""
+    fresh = {"epoch": 0, "best": {"epoch": 0, "val_robust": -1.0, "val_clean": 0.0},
+             "history": [], "stopped_early": False}
+    if ckpt is None:
+        return fresh
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -273,13 +280,15 @@ def run(config: TrainConfig, max_epochs: int | None = None,
     run_dir = Path(cfg.out)
     device = torch.device(cfg.device)
     fit, val, _test, info = load_data(cfg)
-    spec = model_spec(cfg.arch, info.num_classes, info.mean, info.std, cells=cfg.cells,
-                      channels=cfg.channels, auxiliary_weight=cfg.auxiliary_weight,
-                      drop_path=cfg.drop_path)
+    previous = _previous(run_dir, cfg)
+    # a resumed run rebuilds its model from the checkpoint, not from a file that may have moved
+    spec = previous["model_spec"] if previous else model_spec(
+        cfg.arch, info.num_classes, info.mean, info.std, cells=cfg.cells, channels=cfg.channels,
+        auxiliary_weight=cfg.auxiliary_weight, drop_path=cfg.drop_path)
     torch.manual_seed(epoch_seed(cfg.seed, -1, 0))  # weight init
     model = build_from_spec(spec).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
-    state = _resume(run_dir, cfg, model, optimizer, scheduler)
+    state = _restore(previous, model, optimizer, scheduler)
     if state["epoch"] == 0:
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
     loader = Loader(fit, cfg.batch_size, augment=cfg.augment, device=device, seed=cfg.seed)
