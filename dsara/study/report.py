@@ -40,8 +40,11 @@ def trials_frame(study, trials=None) -> pd.DataFrame:
                              if t.datetime_complete and t.datetime_start else None)
         row["run_dir"] = t.user_attrs.get("run_dir")
         rows.append(row)
-    columns = ["number", "state", *names]
-    return pd.DataFrame(rows, columns=None if rows else columns)
+    df = pd.DataFrame(rows, columns=None if rows else ["number", "state", *names])
+    for col in ("retry_of", "resumed_from_epoch"):  # integers with gaps, not floats
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    return df
 
 
 def front_frame(study) -> pd.DataFrame:
@@ -73,7 +76,7 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 def _cell(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -146,7 +146,9 @@ def run_one(study, trial, definition: StudyDefinition, root: Path, storage, hear
             if isinstance(e, DsaraError) and not str(e).startswith("interrupted"):
                 return _fail(study, trial, e, log)
             requeue(study, trial, definition)  # stopped by the user or SIGTERM: resume later
-            raise
+            raise DsaraError(f"interrupted: trial {trial.number} of study {study.study_name!r} "
+                             "was re-queued; the next `dsara study run` resumes it from its "
+                             "last checkpoint") from None
         except Exception as e:  # a bug or a broken environment: the trial fails, the worker goes on
             return _fail(study, trial, e, log)
     study.tell(trial, values)
