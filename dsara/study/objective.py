@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..search import SearchConfig
 from ..search import run as search_run
 from ..search.rundir import RunDir
 from .definition import StudyDefinition, retrain_config
@@ -116,7 +115,3 @@ def _fmt(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in values.items())
 
-
-def search_config_of(trial) -> SearchConfig:
-    """The resolved search config recorded on a trial."""
-    return SearchConfig.from_dict(trial.user_attrs["config"], f"trial {trial.number} config")
