@@ -122,12 +122,18 @@ def test_spaces_work_by_name_after_a_plain_non_editable_install(tmp_path):
                     "-q", "-w", str(tmp_path / "whl"), str(repo)], check=True)
     wheel = next((tmp_path / "whl").glob("dsara-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
+    sources = {str(p.relative_to(repo)) for p in (repo / "dsara").rglob("*.py")}
+    assert not sources - set(names), f"modules missing from the wheel: {sources - set(names)}"
     assert "dsara/_data/search_spaces/dsara.toml" in names
+    assert "dsara/_data/studies/smoke.toml" in names
     assert "dsara/published_cells.txt" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    code = "import dsara; print(dsara.load_space('dsara').name, len(dsara.list_spaces()))"
+    code = ("import dsara, dsara.cli, dsara.study.definition as d; "
+            "print(dsara.load_space('dsara').name, len(dsara.list_spaces()), dsara.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[0] == "dsara" and int(out.stdout.split()[1]) >= 3
+    name, count, origin = out.stdout.split()
+    assert name == "dsara" and int(count) >= 3
+    assert origin.startswith(str(target)), "the test must import the installed copy"
