@@ -33,6 +33,7 @@ from dsara.plot import cells as cells_mod  # noqa: E402
 from dsara.plot import draw_architecture, plot_search, plot_study, write_report  # noqa: E402
 from dsara.plot.cells import _positions, cell_dot  # noqa: E402
 from dsara.plot.search import read_jsonl  # noqa: E402
+from dsara.plot.study import importances, pareto_trials  # noqa: E402
 from dsara.space import load_space  # noqa: E402
 
 MIN_W, MIN_H = 200, 150  # pixels: smaller than any of our figures could sensibly be
@@ -72,58 +73,63 @@ def assert_images(paths: list[Path]) -> None:
         (assert_png if p.suffix == ".png" else assert_svg)(p)
 
 
-# --- fixtures: a real tiny search, and a study whose trials point at it -----------------------
+# --- fixtures: a real smoke study (its trials are real tiny searches), and a made-up one -------
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A real 3-epoch search of the tiny space on synthetic data (stage 1: one epoch)."""
+def smoke(tmp_path_factory) -> tuple[object, str]:
+    """(study, storage URL): `dsara study create smoke --from smoke` + `dsara study run smoke`, i.e.
+    3 trials, each a 2-epoch search (1 epoch per stage) of the tiny space on synthetic 8x8 images."""
     import torch
 
-    out = tmp_path_factory.mktemp("search") / "run"
-    try:
-        from dsara.search import run
-        from dsara.search.config import SearchConfig
-    except ImportError:  # the search package has not landed yet: its documented output format
-        return fake_search_run(out, epochs=3, stage1=1)
-    cfg = SearchConfig(space="tiny", dataset="synthetic", device="cpu", out=str(out),
-                       synthetic={"n_train": 16, "n_test": 8, "image_size": 8},
-                       epochs=3, stage1_epochs=1, batch_size=4, max_steps=1, pgd_steps=1)
+    from dsara.study import manage
+    from dsara.study.worker import run_worker
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    url = f"sqlite:///{tmp / 'study.db'}"
+    manage.create("smoke", "smoke", url, tmp / "artifacts")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # images of 8x8: more threads only fight over 2 busy cores
+    torch.set_num_threads(1)  # 8x8 images: more threads only fight over 2 busy cores
     try:
-        run(cfg, progress=False)
+        summary = run_worker("smoke", url, log=lambda line: None)
     finally:
         torch.set_num_threads(threads)
-    return out
+    assert summary.completed and not summary.failed, summary
+    return manage.open_study("smoke", url).study, url
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, run_dir):
-    """A two-objective study with the attributes `dsara study` records; its trials' run dirs are
-    copies of the real search (relative to the artifact root), their scores made up."""
+def study(smoke):
+    return smoke[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(study) -> Path:
+    """The run directory of the smoke study's first trial: a real search, both stages."""
+    trial = study.trials[0]
+    return Path(study.user_attrs["artifact_root"]) / trial.user_attrs["run_dir"]
+
+
+@pytest.fixture()
+def made_up_study(run_dir):
+    """An in-memory study with enough trials for importances, made-up scores, and text that must
+    be escaped in a report; its trials record no run directory."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tmp = tmp_path_factory.mktemp("study")
-    root = tmp / "artifacts"
-    study = optuna.create_study(storage=f"sqlite:///{tmp / 'study.db'}", study_name="smoke",
-                                directions=["maximize", "maximize"])
+    study = optuna.create_study(study_name="made<up>", directions=["maximize", "maximize"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["clean_acc", "pgd_acc"])
-    study.set_user_attr("definition", {"name": "smoke", "note": "<script>alert(1)</script>"})
-    study.set_user_attr("artifact_root", str(root))
+    study.set_user_attr("definition", {"note": "<script>alert(1)</script>"})
     arch = json.loads((run_dir / "architecture.json").read_text())
-    dists = {"lam": FloatDistribution(0.05, 0.2), "width_last": CategoricalDistribution([1.0, 2.0])}
+    dists = {"lam": FloatDistribution(0.05, 0.5), "width_last": CategoricalDistribution([1.0, 2.0])}
     rng = random.Random(0)
-    for i in range(6):
-        shutil.copytree(run_dir, root / f"trial-{i}")
-        clean = 0.3 + 0.4 * rng.random()
+    for _ in range(8):
+        lam = 0.05 + 0.45 * rng.random()
         study.add_trial(optuna.trial.create_trial(
-            params={"lam": 0.05 + 0.15 * rng.random(), "width_last": rng.choice([1.0, 2.0])},
-            distributions=dists, values=[clean, max(0.0, 0.6 - clean + 0.1 * rng.random())],
-            user_attrs={"architecture": arch, "run_dir": f"trial-{i}"}))
+            params={"lam": lam, "width_last": rng.choice([1.0, 2.0])}, distributions=dists,
+            values=[0.8 - 0.5 * lam + 0.02 * rng.random(), 0.1 + 0.6 * lam],
+            user_attrs={"architecture": arch}))
     return study
 
 
@@ -262,13 +268,14 @@ def test_plot_search_of_a_full_size_space_with_both_stages(tmp_path):
 
 def test_plot_search_reads_a_run_in_progress_and_refuses_a_corrupt_one(tmp_path, run_dir):
     run = shutil.copytree(run_dir, tmp_path / "run")
+    epochs = len(read_jsonl(run / "metrics.jsonl"))
     with open(run / "metrics.jsonl", "a") as fh:
-        fh.write('{"epoch": 4, "sta')  # a torn last line: the search is writing it
-    assert len(read_jsonl(run / "metrics.jsonl")) == 3
+        fh.write('{"epoch": 3, "sta')  # a torn last line: the search is writing it
+    assert len(read_jsonl(run / "metrics.jsonl")) == epochs
     assert_images(plot_search(run, tmp_path / "p", formats=("png",)))
     with open(run / "metrics.jsonl", "a") as fh:
-        fh.write('\n{"epoch": 5}\n')
-    with pytest.raises(DsaraError, match="line 4 is not valid JSON"):
+        fh.write('\n{"epoch": 4}\n')
+    with pytest.raises(DsaraError, match=f"line {epochs + 1} is not valid JSON"):
         plot_search(run, tmp_path / "p")
     with pytest.raises(DsaraError, match="not a search run directory"):
         plot_search(tmp_path / "p", tmp_path / "q")
@@ -276,13 +283,24 @@ def test_plot_search_reads_a_run_in_progress_and_refuses_a_corrupt_one(tmp_path,
 
 # --- study and report -------------------------------------------------------------------------
 
-def test_plot_study_front_and_importances(tmp_path, study):
+def test_plot_study_front_of_the_smoke_study(tmp_path, study):
     paths = plot_study(study, tmp_path)
     assert sorted(p.name for p in paths) == ["importances.png", "importances.svg", "pareto.png",
                                              "pareto.svg"]
     assert_images(paths)
     svg = (tmp_path / "pareto.svg").read_text()
     assert all(f"#{t.number}" in svg for t in study.trials)  # every trial is labelled
+    assert "at least 4 complete trials" in (tmp_path / "importances.svg").read_text()
+
+
+def test_importances_rank_the_parameter_that_drives_both_objectives(tmp_path, made_up_study):
+    values, how = importances(made_up_study)
+    assert how in ("fANOVA", "PED-ANOVA") and set(values) == {"clean_acc", "pgd_acc"}
+    for imp in values.values():
+        assert imp["lam"] > imp["width_last"]
+    paths = plot_study(made_up_study, tmp_path, formats=("svg",))
+    assert_images(paths)
+    assert "width_last" in (tmp_path / "importances.svg").read_text()
 
 
 def test_importances_fall_back_to_a_note_with_too_few_trials(tmp_path):
@@ -309,15 +327,22 @@ def report(tmp_path_factory, study) -> Path:
     return write_report(study, tmp_path_factory.mktemp("report") / "sub" / "report.html")
 
 
-def test_report_is_self_contained_and_escaped(report, study):
+def test_report_of_the_smoke_study_is_self_contained(report, study):
     text = report.read_text(encoding="utf-8")
     srcs = _report_images(text)
-    # front + importances + for each of the 4 best trials: 3 cell drawings and the search curves
-    assert len(srcs) == 2 + 4 * (3 + 1)
+    best = min(len(pareto_trials(study)), 4)
+    assert len(srcs) == 2 + best * (3 + 1)  # front, importances; per best trial 3 cells + curves
     assert all(s.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")) for s in srcs)
     assert not re.search(r"(src|href)=\"(?!data:)", text)  # nothing fetched from anywhere
-    assert "<script>alert" not in text and "&lt;script&gt;alert(1)" in text
     assert "<table" in text and text.count("<tr") == 1 + len(study.trials)
+    assert "No search curves" not in text  # every run dir was found under the artifact root
+
+
+def test_report_escapes_the_study_text(tmp_path, made_up_study):
+    text = write_report(made_up_study, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<script" not in text and "&lt;script&gt;alert(1)" in text
+    assert "Study made&lt;up&gt;" in text
+    assert "No search curves: run directory (not recorded)" in text
 
 
 def _chromium() -> str | None:
@@ -371,8 +396,8 @@ def test_report_opens_in_headless_chromium(tmp_path, report):
 
 # --- command line -----------------------------------------------------------------------------
 
-def test_cli_plot_and_report(tmp_path, study, run_dir, capsys):
-    url = f"sqlite:///{Path(study.user_attrs['artifact_root']).parent / 'study.db'}"
+def test_cli_plot_and_report(tmp_path, smoke, run_dir, capsys):
+    url = smoke[1]
     assert main(["plot", "arch", "RACL", "--out", str(tmp_path / "a"), "--format", "svg"]) == 0
     assert main(["plot", "search", str(run_dir), "--out", str(tmp_path / "s"), "--format",
                  "png"]) == 0

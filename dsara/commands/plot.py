@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..errors import DsaraError
-
-DEFAULT_STORAGE = "sqlite:///dsara.db"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,36 +47,13 @@ def _formats(p: argparse.ArgumentParser) -> None:
 
 def _storage(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="URL",
-                   help=f"Optuna storage URL (default: $DSARA_STORAGE, else {DEFAULT_STORAGE})")
-
-
-def redact(url: str) -> str:
-    """The storage URL with its password masked, for messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: keep only the scheme
-        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+                   help="Optuna storage URL (default: $DSARA_STORAGE, else sqlite:///dsara.db)")
 
 
 def load_study(name: str, storage: str | None):
-    import optuna
+    from ..study.manage import open_study
 
-    url = storage or os.environ.get("DSARA_STORAGE") or DEFAULT_STORAGE
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        # opening would create an empty database as a side effect of a typo
-        raise DsaraError(f"no database file at {redact(url)}; pass --storage or set DSARA_STORAGE")
-    try:
-        names = optuna.get_all_study_names(storage=url)
-    except Exception as e:  # the driver's message may echo the URL: name its type only
-        raise DsaraError(f"cannot open storage {redact(url)} ({type(e).__name__}); check the URL, "
-                         "or pass --storage / set DSARA_STORAGE") from None
-    if name not in names:
-        raise DsaraError(f"no study {name!r} in {redact(url)}; studies there: "
-                         f"{', '.join(names) or '(none)'}")
-    return optuna.load_study(study_name=name, storage=url)
+    return open_study(name, storage).study
 
 
 def _print_paths(paths: list[Path]) -> None:

@@ -12,7 +12,7 @@ import html
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..archfile import Architecture
@@ -98,7 +98,7 @@ def render_report(study, tmp: Path) -> str:
     names = objective_names(study)
     name = html.escape(study.study_name)
     definition = study.user_attrs.get("definition")
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     done = complete_trials(study)
     body = [f"<h1>Study {name}</h1>",
             f'<p class="meta">{len(study.trials)} trials, {len(done)} complete · objectives: '
