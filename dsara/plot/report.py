@@ -34,7 +34,10 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 .trial { border-top: 2px solid #ddd; margin-top: 2em; }
-pre { background: #f6f6f6; padding: 0.7em; overflow-x: auto; font-size: 0.85em; }
+pre { background: #f6f6f6; padding: 0.7em; font-size: 0.85em; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
+.cells { display: flex; flex-wrap: wrap; align-items: center; gap: 0.5em 2em; }
+.cells img { max-width: 48%; }
 .note { color: #a33; }
 """
 
@@ -75,10 +78,12 @@ def _architecture_section(study, trial, names: list[str], tmp: Path) -> str:
         parts.append(f'<p class="note">No drawable architecture: {html.escape(str(e))}</p>')
     else:
         parts.append(f"<pre>{html.escape(arch.genotype.to_text())}</pre>")
+        parts.append('<div class="cells">')
         for cell_type, cell in arch.genotype.cells.items():
             stem = tmp / f"trial{trial.number}_{cell_type}"
             (svg,) = draw_cell(cell, stem, f"trial {trial.number}: {cell_type} cell", ("svg",))
             parts.append(_img(svg, f"trial {trial.number} {cell_type} cell"))
+        parts.append("</div>")
     run_dir = _run_dir(trial, study.user_attrs.get("artifact_root"))
     if run_dir is None or not (run_dir / "metrics.jsonl").is_file():
         parts.append(f'<p class="note">No search curves: run directory '

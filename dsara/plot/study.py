@@ -75,9 +75,13 @@ def pareto_figure(study):
         front = sorted((xs[i], ys[i]) for i in on)
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:red",
                 lw=1, alpha=0.6)
+    at: dict[tuple[float, float], list] = {}  # trials with equal scores share one label
     for x, y, t in zip(xs, ys, trials, strict=True):
-        ax.annotate(f"#{t.number}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8,
-                    color="tab:red" if t.number in best else "0.35")
+        at.setdefault((x, y), []).append(t.number)
+    for (x, y), numbers in at.items():
+        ax.annotate(",".join(f"#{n}" for n in numbers), (x, y), xytext=(4, 4), fontsize=8,
+                    textcoords="offset points",
+                    color="tab:red" if numbers[0] in best else "0.35")
     _percent_axes(ax, xs if len(names) > 1 else None, ys)
     directions = [d.name.lower() for d in study.directions]
     ax.set(xlabel=f"{xlabel} ({directions[0]})" if len(names) > 1 else xlabel,
@@ -140,7 +144,7 @@ def importances(study) -> tuple[dict[str, dict[str, float]], str]:
 
 def importance_figure(study):
     values, how = importances(study)
-    fig = _mpl.new_figure(4 * max(1, len(values)) + 1, 3.6)
+    fig = _mpl.new_figure(4 * max(1, len(values)) + 1, 3.6 if values else 1.6)
     if not values:
         ax = fig.add_subplot()
         ax.axis("off")
