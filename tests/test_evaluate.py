@@ -143,6 +143,10 @@ def test_bad_checkpoints(run_dir, tmp_path):
     corrupt.write_bytes((run_dir / "best.pt").read_bytes()[:500])
     with pytest.raises(DsaraError, match="is corrupt or not a PyTorch file"):
         load_trained(corrupt)
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint")  # the legacy pickle path raises KeyError, not a torch error
+    with pytest.raises(DsaraError, match="is corrupt or not a PyTorch file"):
+        load_trained(text)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(DsaraError, match="is not a dsara checkpoint"):

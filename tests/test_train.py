@@ -187,6 +187,18 @@ def test_best_checkpoint_is_chosen_on_validation(tmp_path):
     assert metrics["best"]["epoch"] == result.best_epoch
 
 
+def test_a_crash_between_last_and_best_is_repaired_on_resume(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1)
+    run(cfg, log=lambda s: None)
+    (tmp_path / "run" / "best.pt").unlink()  # died after last.pt, before best.pt and metrics
+    (tmp_path / "run" / "metrics.json").unlink()
+    run(cfg, log=lambda s: None)
+    last, best = (load_checkpoint(tmp_path / "run" / n) for n in ("last.pt", "best.pt"))
+    assert best["epoch"] == last["best"]["epoch"] == 1
+    assert all(torch.equal(v, last["model"][k]) for k, v in best["model"].items())
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["best"]["epoch"] == 1
+
+
 def test_validation_split_is_held_out_of_training(tmp_path):
     fit, val, test, _ = train_loop.load_data(tiny_config(tmp_path).resolved())
     assert len(fit) + len(val) == SYNTH["n_train"] and len(val) == 16
@@ -239,6 +251,16 @@ def test_eps_as_fraction_and_as_decimal():
         config_from_dict({"arch": "resnet18", "out": "x", "eps": "eight"})
     with pytest.raises(DsaraError, match="unknown key 'epoch'"):
         config_from_dict({"arch": "resnet18", "out": "x", "epoch": 3})
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("epochs", "10", "epochs must be int"), ("steps", 1.5, "steps must be int"),
+    ("milestones", "half", "milestones 'half' must be comma-separated"),
+    ("synthetic", {"n_trian": 8}, "unexpected keyword argument 'n_trian'"),
+    ("momentum", -0.9, "must be >= 0")])
+def test_values_of_the_wrong_type_or_range_are_one_line(key, value, message):
+    with pytest.raises(DsaraError, match=message):
+        config_from_dict({"arch": "resnet18", "out": "x", key: value}).resolved()
 
 
 def test_resume_with_another_architecture_or_config_is_refused(tmp_path):

@@ -199,7 +199,11 @@ def definition_from_dict(raw: dict[str, Any], where: str = "study definition") -
                          "trial-<N>); remove it")
     _check_targets(d)
     if d.objective == "retrain":
-        retrain_config(d, "architecture.json", "retrain").resolved()  # bad keys fail here
+        cfg = retrain_config(d, "architecture.json", "retrain")  # bad keys fail here
+        try:
+            cfg.resolved()  # bad types and values here
+        except DsaraError as e:
+            raise DsaraError(f"{where} [objective.retrain]: {e}") from None
     return d
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +88,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is ordinary data
     try:
-        torch.save({"kind": KIND, "format": FORMAT, "dsara_version": __version__, **state}, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save({"kind": KIND, "format": FORMAT, "dsara_version": __version__, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # the bytes are on disk before the rename makes them last.pt
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -105,15 +106,19 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
         raise DsaraError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DsaraError(f"checkpoint {path} is corrupt or not a PyTorch file ({first[:120]})") \
+    except Exception as e:  # a non-torch or damaged file raises almost anything (KeyError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise DsaraError(f"checkpoint {path} is corrupt or not a PyTorch file ({reason[:120]})") \
             from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND or "model" not in ckpt:
         raise DsaraError(f"{path} is not a dsara checkpoint (no \"kind\": \"{KIND}\"); "
                          "use a file written by `dsara train`")
-    if ckpt.get("format", 0) > FORMAT:
-        raise DsaraError(f"checkpoint {path} has format {ckpt['format']}, newer than this dsara "
+    fmt = ckpt.get("format", 0)
+    if not isinstance(fmt, int):
+        raise DsaraError(f"checkpoint {path} has format {fmt!r}, not a version number")
+    if fmt > FORMAT:
+        raise DsaraError(f"checkpoint {path} has format {fmt}, newer than this dsara "
                          f"reads ({FORMAT}); upgrade dsara")
     return ckpt
 

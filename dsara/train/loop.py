@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_check
 from .losses import METHODS, AdvParams, get_method
 
 SCHEDULES = ("piecewise", "cosine")
+_KINDS = {"str": (str, os.PathLike), "bool": (bool,), "int": (int,), "float": (int, float)}
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Fill method and model defaults and validate; the result is what config.json holds."""
+        self.check_types()
         _, step_factor, default_steps = get_method(self.method)
         baseline = _is_baseline(self.arch)
         c = dataclasses.replace(
@@ -85,6 +88,31 @@ class TrainConfig:
             device=_device(self.device))
         c.validate()
         return c
+
+    def check_types(self) -> None:
+        """A value of the wrong type (``epochs = "10"`` in TOML, ``--set steps=1.5``) fails here,
+        naming its field, instead of as a TypeError deep inside training."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), f.type.split(" |")[0].split("[")[0]
+            if value is None and "None" in f.type:
+                continue
+            if kind == "tuple":
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            elif kind == "dict":
+                ok = isinstance(value, dict)
+            else:
+                ok = isinstance(value, _KINDS[kind]) and (kind == "bool"
+                                                           or not isinstance(value, bool))
+            if not ok:
+                raise DsaraError(f"train config: {f.name} must be {f.type}, got {value!r}")
+        if self.synthetic:
+            try:
+                SyntheticConfig(**self.synthetic)
+            except TypeError as e:
+                raise DsaraError(f"train config: synthetic: {e}; fields: "
+                                 f"{', '.join(f.name for f in dataclasses.fields(SyntheticConfig))}"
+                                 ) from None
 
     def validate(self) -> None:
         checks = [
@@ -102,6 +130,10 @@ class TrainConfig:
                                                       f"size >= 0, got {self.steps}, "
                                                       f"{self.step_size}"),
             (self.val_size >= 1, f"val_size must be >= 1 image, got {self.val_size}"),
+            (self.val_steps >= 0, f"val_steps must be >= 0, got {self.val_steps}"),
+            (min(self.momentum, self.weight_decay, self.grad_clip, self.beta) >= 0,
+             "momentum, weight_decay, grad_clip and beta must be >= 0, got "
+             f"{self.momentum}, {self.weight_decay}, {self.grad_clip}, {self.beta}"),
             (0 < self.overfit_guard <= 1, "overfit_guard is an accuracy drop in (0, 1], got "
                                           f"{self.overfit_guard}"),
         ]
@@ -252,15 +284,37 @@ def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> N
 
 
 def _save(run_dir: Path, cfg, spec, model, optimizer, scheduler, state, improved: bool) -> None:
+    """last.pt first: a crash before best.pt is written is repaired on resume by `_repair_best`
+    from last.pt's own weights, so best.pt never holds an epoch that last.pt does not know."""
     common = {"model_spec": spec, "config": cfg.to_dict(), "model": model.state_dict()}
-    if improved:
-        save_checkpoint(run_dir / "best.pt", {**common, "epoch": state["epoch"],
-                                              "best": state["best"]})
     save_checkpoint(run_dir / "last.pt", {**common, **state, "optimizer": optimizer.state_dict(),
                                           "scheduler": scheduler.state_dict()})
+    if improved:
+        _save_best(run_dir, common, state)
+    _write_metrics(run_dir, state)
+
+
+def _save_best(run_dir: Path, common: dict[str, Any], state: dict[str, Any]) -> None:
+    save_checkpoint(run_dir / "best.pt", {**common, "epoch": state["epoch"], "best": state["best"]})
+
+
+def _write_metrics(run_dir: Path, state: dict[str, Any]) -> None:
     write_json_atomic(run_dir / "metrics.json", {"best": state["best"],
                                                  "stopped_early": state["stopped_early"],
                                                  "history": state["history"]})
+
+
+def _repair_best(run_dir: Path, previous: dict[str, Any] | None, state: dict[str, Any]) -> None:
+    """After a crash between last.pt and best.pt (or metrics.json): when last.pt's epoch is the
+    best one, best.pt must hold that epoch's weights, which are last.pt's."""
+    if previous is None:
+        return
+    best = run_dir / "best.pt"
+    if state["best"]["epoch"] == state["epoch"] > 0 and (
+            not best.is_file() or load_checkpoint(best).get("epoch") != state["epoch"]):
+        common = {k: previous[k] for k in ("model_spec", "config", "model")}
+        _save_best(run_dir, common, state)
+    _write_metrics(run_dir, state)
 
 
 def _format(record: dict[str, Any], epochs: int) -> str:
@@ -289,6 +343,7 @@ def run(config: TrainConfig, max_epochs: int | None = None,
     model = build_from_spec(spec).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     state = _restore(previous, model, optimizer, scheduler)
+    _repair_best(run_dir, previous, state)
     if state["epoch"] == 0:
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
     loader = Loader(fit, cfg.batch_size, augment=cfg.augment, device=device, seed=cfg.seed)
@@ -349,7 +404,11 @@ def config_from_dict(raw: dict[str, Any], where: str = "train config") -> TrainC
         if d.get(key) is not None:
             d[key] = parse_eps(d[key])
     if isinstance(d.get("milestones"), str):
-        d["milestones"] = [float(m) for m in d["milestones"].split(",") if m.strip()]
+        try:
+            d["milestones"] = [float(m) for m in d["milestones"].split(",") if m.strip()]
+        except ValueError:
+            raise DsaraError(f"{where}: milestones {d['milestones']!r} must be comma-separated "
+                             "fractions of the epochs, e.g. 0.5,0.75") from None
     if d.get("synthetic") is not None and not isinstance(d["synthetic"], dict):
         raise DsaraError(f"{where}: synthetic must be a table of SyntheticConfig fields")
     return TrainConfig(**d)
