@@ -153,7 +153,7 @@ def test_dead_workers_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_path
     the next worker fails the stale trial, re-queues it, and the retry continues at epoch 1."""
     db = storage_url(tmp_path)
     manage.create("rq", write_definition(tmp_path, budget__n_trials=1), db, tmp_path / "art")
-    st = open_storage(db, heartbeat_s=1, grace_s=1)
+    st = open_storage(db, heartbeat_s=1, grace_s=2)
     opened = manage.open_study("rq", db, st)
 
     def die_after_first_epoch(trial, definition):
@@ -167,9 +167,9 @@ def test_dead_workers_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_path
         with Heartbeat(st, trial._trial_id, 60), pytest.raises(RuntimeError):
             objective.objective(trial, opened.definition, opened.artifact_root, log=lambda s: None)
     assert RunDir(tmp_path / "art" / "rq" / "trial-0").checkpoint.is_file()
-    time.sleep(2.5)  # SQLite's clock has one-second steps: well past the 1 s grace period
+    time.sleep(3.5)  # SQLite's clock has one-second steps: well past the 2 s grace period
 
-    summary = worker.run_worker("rq", db, heartbeat_s=1, grace_s=1, log=lambda s: None)
+    summary = worker.run_worker("rq", db, heartbeat_s=1, grace_s=2, log=lambda s: None)
     assert summary.completed == [1] and not summary.failed
     study = optuna.load_study(study_name="rq", storage=db)
     dead, retry = study.get_trials()
@@ -178,6 +178,23 @@ def test_dead_workers_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_path
     assert retry.user_attrs["resumed_from_epoch"] == 1
     assert retry.params == dead.params
     assert len(RunDir(tmp_path / "art" / "rq" / "trial-0").read_metrics()) == 2
+
+
+def test_a_trial_taken_over_by_another_worker_is_not_told_twice(tmp_path, monkeypatch):
+    """Heartbeats missed the grace period: another worker failed the trial meanwhile."""
+    db = storage_url(tmp_path)
+    manage.create("to", write_definition(tmp_path, budget__n_trials=1), db, tmp_path / "art")
+
+    def failed_as_stale_meanwhile(trial, definition, root, log):
+        trial.study._storage.set_trial_state_values(trial._trial_id,
+                                                    state=optuna.trial.TrialState.FAIL)
+        return [0.5, 0.5]
+
+    monkeypatch.setattr(worker, "objective", failed_as_stale_meanwhile)
+    logs = []
+    summary = worker.run_worker("to", db, n_trials=1, log=logs.append)
+    assert summary.failed == [0] and any("failed as stale" in line for line in logs)
+    assert optuna.load_study(study_name="to", storage=db).trials[0].state.name == "FAIL"
 
 
 def test_retrain_objective_measures_a_held_out_split(tmp_path):
@@ -224,6 +241,7 @@ BAD_DEFINITIONS = [
     ({"params__lam__type": "integer"}, "type is one of float, int, categorical"),
     ({"objective__kind": "accuracy"}, "kind is one of supernet, retrain"),
     ({"objective__retrain": {"epochz": 1}, "objective__kind": "retrain"}, "epochz"),
+    ({"objective__retrain": {"epochs": "1"}, "objective__kind": "retrain"}, "epochs must be int"),
 ]
 
 
@@ -273,3 +291,5 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch):
     assert "s3cret" not in err
     optuna.create_study(study_name="plain", storage=db)
     fails("has no dsara definition", "study", "run", "plain", "--storage", db)
+    fails("grace period must be longer", "study", "run", "s", "--heartbeat", "60", "--grace",
+          "30", "--storage", db)

@@ -84,6 +84,10 @@ def open_storage(storage: str | None = None, *, create: bool = False, heartbeat_
     """
     import optuna
 
+    if not 1 <= heartbeat_s < grace_s:
+        raise DsaraError(f"heartbeat every {heartbeat_s} s with a grace period of {grace_s} s: the "
+                         "grace period must be longer than the heartbeat period (e.g. 3x), or "
+                         "live trials are taken for dead ones and run twice")
     url = resolve_url(storage)
     path = sqlite_path(url)
     if path is not None and not create and not path.is_file():

@@ -150,12 +150,27 @@ def run_one(study, trial, definition: StudyDefinition, root: Path, storage, hear
                              "was re-queued; the next `dsara study run` resumes it from its "
                              "last checkpoint") from None
         except Exception as e:  # a bug or a broken environment: the trial fails, the worker goes on
+            if _taken_over(study, trial, log):
+                return "FAIL"
             return _fail(study, trial, e, log)
+    if _taken_over(study, trial, log):
+        return "FAIL"
     study.tell(trial, values)
     names = study.metric_names or []
     log(f"trial {trial.number} complete: " + ", ".join(
         f"{n} {v:.4f}" for n, v in zip(names, values)))
     return "COMPLETE"
+
+
+def _taken_over(study, trial, log) -> bool:
+    """True if the trial was finished behind this worker's back: its heartbeat missed the grace
+    period (a long pause, a database outage) and another worker failed and re-queued it. Telling
+    it again would raise; its retry owns the run directory now."""
+    if not study._storage.get_trial(trial._trial_id).state.is_finished():
+        return False
+    log(f"trial {trial.number} was failed as stale and re-queued by another worker while this "
+        "one ran it (heartbeats missed the grace period); this worker's result is dropped")
+    return True
 
 
 def _fail(study, trial, error: Exception, log) -> str:
