@@ -121,6 +121,11 @@ def test_sanity_checks_can_fail(test_set):
 
 # ----------------------------------------------------------------------------- bad input
 
+def test_unknown_device_is_one_line(test_set):
+    with pytest.raises(DsaraError, match="unknown device 'gpu'"):
+        evaluate(PixelVote().eval(), test_set, ["clean"], 0.1, device="gpu")
+
+
 def test_unknown_attack_lists_the_known_ones():
     with pytest.raises(DsaraError, match="unknown attack 'pgd7'; attacks: clean, fgsm, pgd20"):
         parse_attacks("clean,pgd7")
