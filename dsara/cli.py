@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import DsaraError
+from .errors import DsaraError, Interrupted
 
 COMMAND_MODULES = [
     "dsara.commands.arch",
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:
+        print(f"dsara: {e}", file=sys.stderr)
+        return 130
     except DsaraError as e:
         print(f"dsara: error: {e}", file=sys.stderr)
         return 2

@@ -283,10 +283,12 @@ def _read_cifar_pickles(name: str, root: Path, train: bool) -> ImageSet:
         try:
             with open(path, "rb") as f:
                 batch = _ArrayUnpickler(f, encoding="latin1").load()
-        except (OSError, pickle.UnpicklingError, EOFError) as e:
-            raise DsaraError(f"cannot read {path}: {e}; re-create or re-download the dataset") from None
-        data.append(np.asarray(batch[b"data"] if b"data" in batch else batch["data"], dtype=np.uint8))
-        labels.extend(batch[label_key] if label_key in batch else batch[label_key.decode()])
+            data.append(np.asarray(batch[b"data"] if b"data" in batch else batch["data"],
+                                   dtype=np.uint8))
+            labels.extend(batch[label_key] if label_key in batch else batch[label_key.decode()])
+        except Exception as e:  # unreadable, not a pickle, or not a dict of the CIFAR arrays
+            raise DsaraError(f"cannot read {path} ({type(e).__name__}: {e}); re-create or "
+                             "re-download the dataset") from None
     x = np.concatenate(data).reshape(-1, 3, 32, 32)  # rows of 3072 = channel planes of 32x32
     return ImageSet(torch.from_numpy(x).contiguous(), torch.as_tensor(labels, dtype=torch.int64))
 
@@ -330,7 +332,7 @@ def _read_image(path: Path, size: list[int]) -> np.ndarray:
     try:
         with Image.open(path) as img:
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except OSError as e:
+    except Exception as e:  # OSError, PIL's DecompressionBombError: one line either way
         raise DsaraError(f"cannot read image {path}: {e}") from None
     h, w, _ = rgb.shape
     if h != w or (size and size[0] != h):

@@ -7,3 +7,7 @@ prints it as ``dsara: error: <message>`` and exits with status 2, without a trac
 
 class DsaraError(Exception):
     """A problem with the user's input or environment, reported as one clear line."""
+
+
+class Interrupted(DsaraError):
+    """Ctrl-C or SIGTERM stopped a run; what was checkpointed before stays valid."""

@@ -73,19 +73,23 @@ class Cell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """DARTS' CIFAR auxiliary classifier; an adaptive pool makes it work at any input size."""
+    """DARTS' CIFAR auxiliary classifier: on its 8x8 input the DARTS pool (5x5, stride 3) gives
+    2x2; other input sizes (other image sizes) use an adaptive 2x2 pool instead."""
 
     def __init__(self, C: int, num_classes: int):
         super().__init__()
+        self.relu = nn.ReLU(inplace=False)  # its input feeds the next cells too
+        self.darts_pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)
+        self.adaptive_pool = nn.AdaptiveAvgPool2d(2)
         self.features = nn.Sequential(
-            nn.ReLU(inplace=False),  # its input feeds the next cells too
-            nn.AdaptiveAvgPool2d(2),
             nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x):
+        x = self.relu(x)
+        x = self.darts_pool(x) if x.shape[-2:] == (8, 8) else self.adaptive_pool(x)
         return self.classifier(self.features(x).flatten(1))
 
 

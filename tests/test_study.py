@@ -293,3 +293,11 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch):
     fails("has no dsara definition", "study", "run", "plain", "--storage", db)
     fails("grace period must be longer", "study", "run", "s", "--heartbeat", "60", "--grace",
           "30", "--storage", db)
+
+
+def test_study_names_that_would_escape_the_artifact_root_are_refused(tmp_path, capsys):
+    from dsara.cli import main
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "create", "../escape", "--from", "smoke", "--storage", url]) == 2
+    assert "study name '../escape' must be" in capsys.readouterr().err

@@ -108,3 +108,15 @@ def test_drop_path_is_active_only_in_training(batch):
     a = model(x)
     torch.manual_seed(1)
     assert not torch.allclose(a, model(x))
+
+
+def test_auxiliary_head_uses_the_darts_pool_at_8x8_and_adapts_elsewhere():
+    from dsara.network import AuxiliaryHead
+
+    head = AuxiliaryHead(16, 10)
+    for side in (8, 4, 16):
+        assert head(torch.rand(2, 16, side, side)).shape == (2, 10)
+    x = torch.rand(1, 16, 8, 8)
+    # DARTS' pool on 8x8: overlapping 5x5 windows at offsets 0 and 3
+    torch.testing.assert_close(head.darts_pool(x)[0, :, 0, 0], x[0, :, :5, :5].mean((-1, -2)))
+    torch.testing.assert_close(head.darts_pool(x)[0, :, 1, 1], x[0, :, 3:, 3:].mean((-1, -2)))

@@ -40,6 +40,8 @@ FLAGS = [
     ("--download", "download", "let torchvision download the dataset into --data-root"),
     ("--compile", "compile", "torch.compile the supernet"),
     ("--deterministic", "deterministic", "deterministic kernels (slower on CUDA)"),
+    ("--sync-bn", "sync_bn", "with torchrun: BatchNorm over the global batch, so N GPUs give the "
+     "same search as one (one all-reduce per BN layer)"),
 ]
 
 

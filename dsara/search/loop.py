@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from ..archfile import Architecture, provenance, save_architecture
 from ..data import Loader, SyntheticConfig, load_dataset, split_train
-from ..errors import DsaraError
+from ..errors import DsaraError, Interrupted
 from ..genotype import Genotype
 from ..space import SearchSpace, load_space
 from ..supernet import Supernet
@@ -40,7 +40,7 @@ from .rundir import RunDir
 from .steps import adversarial, arch_step, make_unrolled, weight_step
 
 # Options that may differ between the original run and `--resume` (they do not change results).
-RESUMABLE_CHANGES = {"device", "compile", "deterministic", "out"}
+RESUMABLE_CHANGES = {"device", "compile", "deterministic", "out", "data_root"}
 
 
 @dataclass
@@ -233,7 +233,7 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, resume: bool,
             try:
                 record = search.epoch(epoch, lambda i, n, e=epoch: bar(e + 1, cfg.epochs, i, n))
             except KeyboardInterrupt:
-                raise DsaraError(f"interrupted in epoch {epoch + 1}; {rd.path} keeps the "
+                raise Interrupted(f"interrupted in epoch {epoch + 1}; {rd.path} keeps the "
                                  f"checkpoint of epoch {epoch}: continue with dsara search "
                                  f"--resume {rd.path}") from None
             check_finite(record, search, rd, epoch)

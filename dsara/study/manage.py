@@ -15,6 +15,8 @@ SearchConfig), "metrics" (the last epoch's record and the objective values).
 
 from __future__ import annotations
 
+import re
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +43,20 @@ def study_names(storage) -> list[str]:
     return sorted(optuna.get_all_study_names(storage=storage))
 
 
+def check_name(name: str) -> str:
+    """Study names become folder names under the artifact root: plain names only."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise DsaraError(f"study name {name!r} must be letters, digits, '_', '-' or '.', starting "
+                         "with a letter or digit (it names a folder under the artifact root)")
+    return name
+
+
 def create(name: str, source: str | Path, storage: str | None = None,
            artifact_root: str | Path | None = None) -> tuple[object, bool]:
     """(study, created); the same definition again is a no-op, another one an error."""
     import optuna
 
+    check_name(name)
     definition = load_definition(source)
     st = open_storage(storage, create=True)
     if name in study_names(st):

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DsaraError
+from ..errors import DsaraError, Interrupted
 from .definition import StudyDefinition
 from .manage import open_study
 from .objective import objective
@@ -142,13 +142,13 @@ def run_one(study, trial, definition: StudyDefinition, root: Path, storage, hear
             study.tell(trial, state=TrialState.PRUNED)
             log(f"trial {trial.number}: {e}")
             return "PRUNED"
-        except (KeyboardInterrupt, DsaraError) as e:
-            if isinstance(e, DsaraError) and not str(e).startswith("interrupted"):
-                return _fail(study, trial, e, log)
+        except (KeyboardInterrupt, Interrupted):
             requeue(study, trial, definition)  # stopped by the user or SIGTERM: resume later
-            raise DsaraError(f"interrupted: trial {trial.number} of study {study.study_name!r} "
+            raise Interrupted(f"interrupted: trial {trial.number} of study {study.study_name!r} "
                              "was re-queued; the next `dsara study run` resumes it from its "
                              "last checkpoint") from None
+        except DsaraError as e:
+            return _fail(study, trial, e, log)
         except Exception as e:  # a bug or a broken environment: the trial fails, the worker goes on
             if _taken_over(study, trial, log):
                 return "FAIL"

@@ -272,7 +272,7 @@ def _restore(ckpt: dict[str, Any] | None, model, optimizer, scheduler) -> dict[s
 
 def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
     now = cfg.to_dict()
-    ignore = {"out", "device"}
+    ignore = {"out", "device", "data_root"}  # a moved dataset does not block a resume
     diff = sorted(k for k in now if k not in ignore and saved.get(k) != now[k])
     if not diff:
         return
