@@ -16,7 +16,6 @@ SearchConfig), "metrics" (the last epoch's record and the objective values).
 from __future__ import annotations
 
 import re
-
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
