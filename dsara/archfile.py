@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import DsaraError
+from .files import write_json_atomic
 from .genotype import Genotype, get_published, parse_genotype, published_space
 from .space import Macro, load_space
 
@@ -85,23 +85,6 @@ def provenance(**extra: Any) -> dict[str, Any]:
 def save_architecture(arch: Architecture, path: str | Path) -> Path:
     """Write atomically (temp file + rename): a crash never leaves a half-written file."""
     return write_json_atomic(path, arch.to_dict())
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_architecture(path: str | Path) -> Architecture:

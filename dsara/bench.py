@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, load_dataset, split_train
+from .device import resolve_device
 from .errors import DsaraError
 from .search import SearchConfig
-from .search.loop import Search, pick_device
+from .search.loop import Search
 from .space import load_space
 from .supernet import Supernet
 
@@ -141,7 +142,7 @@ class ReferenceStep:
     dtype, layout = "fp32", "NCHW"
 
     def __init__(self, cfg: SearchConfig, workers: int | None = None):
-        self.cfg, self.device = cfg, pick_device(cfg.device)
+        self.cfg, self.device = cfg, resolve_device(cfg.device)
         cuda = self.device.type == "cuda"
         space = load_space(cfg.space)
         train, _, info = load_dataset("synthetic", synthetic=_synthetic(cfg))
@@ -306,7 +307,7 @@ def _bench_path(path, bc: BenchConfig, batch: int, k: int) -> list[dict[str, Any
 def run_bench(bc: BenchConfig) -> dict[str, Any]:
     """Time every (path, batch, partial_k, stage); returns the JSON-ready report."""
     bc.validate()
-    device = pick_device(bc.device)
+    device = resolve_device(bc.device)
     torch.manual_seed(bc.seed)
     torch.backends.cudnn.benchmark = True
     cases = []

@@ -34,6 +34,7 @@ from torch import nn
 
 from .attacks import fgsm, pgd
 from .data import ImageSet, Loader
+from .device import resolve_device
 from .errors import DsaraError
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator],
@@ -157,7 +158,7 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
              meta: dict[str, Any] | None = None) -> EvalReport:
     """Accuracy under each attack and worst case per sample, over all of `data`."""
     names = parse_attacks(list(attacks))
-    device = _check_device(device)
+    device = resolve_device(device)
     model = prepare_for_eval(model).to(device)
     loader = Loader(data, min(batch_size, len(data)), shuffle=False, drop_last=False,
                     device=device)
@@ -174,16 +175,6 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
     n = len(data)
     return EvalReport(eps, n, {k: v.sum().item() / n for k, v in per_sample.items()},
                       worst.sum().item() / n, seconds, dict(meta or {}, device=str(device)))
-
-
-def _check_device(name: str | torch.device) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DsaraError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DsaraError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
-    return device
 
 
 # ----------------------------------------------------------------------------- sanity checks

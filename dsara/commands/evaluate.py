@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from ..archfile import write_json_atomic
 from ..attacks import parse_eps
 from ..data import SyntheticConfig, load_dataset
+from ..device import resolve_device
 from ..evaluate import ATTACKS, evaluate, load_trained, parse_attacks, sanity_checks, sanity_table
+from ..files import write_json_atomic
 from .train import add_dataset_options
 
 DEFAULT_ATTACKS = "clean,fgsm,pgd20,pgd100,cw"
@@ -66,17 +67,13 @@ def test_split(args, config: dict):
     return test, info
 
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def cmd_evaluate(args) -> int:
     eps = parse_eps(args.eps)
     attacks = parse_attacks(args.attacks)
     model, ckpt, path = load_trained(args.target, args.arch)
     config = ckpt.get("config", {})
     test, info = test_split(args, config)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     meta = {"checkpoint": str(path), "model": ckpt.get("model_spec", {}).get("name"),
             "epoch": ckpt.get("epoch"), "dataset": info.name, "split": "test",
             "train_method": config.get("method")}

@@ -10,13 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..archfile import Architecture
 from ..errors import DsaraError
+from ..files import write_text_atomic
 from . import _mpl
 from .cells import draw_cell
 from .search import curves_figure, load_run
@@ -135,19 +135,7 @@ def write_report(study, out_path: str | Path) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dsara-report-") as tmp:
         text = render_report(study, Path(tmp))
-    fd, tmp_file = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp_file, 0o666 & ~_umask())  # mkstemp makes it 0600; a report is for sharing
-        os.replace(tmp_file, out_path)
-    except BaseException:
-        Path(tmp_file).unlink(missing_ok=True)
-        raise
+    write_text_atomic(out_path, text)
     return out_path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -29,6 +29,7 @@ import torch
 from .. import __version__
 from ..archfile import Architecture, provenance, save_architecture
 from ..data import Loader, SyntheticConfig, load_dataset, split_train
+from ..device import resolve_device
 from ..errors import DsaraError, Interrupted
 from ..genotype import Genotype
 from ..space import SearchSpace, load_space
@@ -64,7 +65,7 @@ class Search:
 
     def __init__(self, cfg: SearchConfig, dist: Dist = Dist(), device: torch.device | None = None):
         self.cfg, self.dist = cfg, dist
-        self.device = device or pick_device(cfg.device)
+        self.device = device or resolve_device(cfg.device)
         cuda = self.device.type == "cuda"
         self.space: SearchSpace = load_space(cfg.space, cfg.space_overrides)
         synthetic = SyntheticConfig(**cfg.synthetic) if cfg.dataset == "synthetic" else None
@@ -209,7 +210,7 @@ def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], Non
         raise DsaraError(f"{rd.path} already holds a search; continue it with --resume "
                          f"{rd.path} or choose another --out")
     seed_everything(cfg.seed, cfg.deterministic)
-    dist, device, created = distributed.setup(pick_device(cfg.device))
+    dist, device, created = distributed.setup(resolve_device(cfg.device))
     try:
         return _run(cfg, rd, Search(cfg, dist, device), callbacks, resume, progress)
     finally:
@@ -282,18 +283,6 @@ def alpha_entropy(model: Supernet) -> dict[str, float]:
         p = torch.softmax(a.detach().float(), dim=-1)
         out[t] = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
     return out
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DsaraError(f"device {name!r} asked for but CUDA is not available here; use "
-                         "--device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise DsaraError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

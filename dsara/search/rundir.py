@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..archfile import write_json_atomic
 from ..errors import DsaraError
+from ..files import atomic_write, write_json_atomic, write_text_atomic
 
 
 class RunDir:
@@ -67,15 +66,7 @@ class RunDir:
             write_jsonl_atomic(path, keep)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.checkpoint)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.checkpoint, lambda fh: torch.save(state, fh))
 
     def load_checkpoint(self, map_location="cpu") -> dict[str, Any]:
         if not self.checkpoint.exists():
@@ -109,9 +100,4 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -14,8 +14,6 @@ dict (genotype + macro at the trained size), so evaluation needs no architecture
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from torch import nn
 from ..archfile import Architecture, resolve_architecture
 from ..baselines import baseline_name, build_baseline, list_baselines
 from ..errors import DsaraError
+from ..files import atomic_write
 from ..network import Network
 
 KIND = "dsara.checkpoint"
@@ -79,24 +78,11 @@ def spec_label(spec: dict[str, Any]) -> str:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write atomically (temp file + rename): an interrupted save never leaves a broken file."""
+    """Write atomically (temp file, fsync, rename): an interrupted save never leaves a broken file."""
     from .. import __version__
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is ordinary data
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save({"kind": KIND, "format": FORMAT, "dsara_version": __version__, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # the bytes are on disk before the rename makes them last.pt
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    full = {"kind": KIND, "format": FORMAT, "dsara_version": __version__, **state}
+    return atomic_write(path, lambda fh: torch.save(full, fh))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:

@@ -30,10 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..archfile import write_json_atomic
 from ..attacks import parse_eps, pgd
 from ..data import DATASETS, Loader, SyntheticConfig, load_dataset, split_train
+from ..device import resolve_device
 from ..errors import DsaraError
+from ..files import write_json_atomic
 from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
 from .losses import METHODS, AdvParams, get_method
 
@@ -85,7 +86,7 @@ class TrainConfig:
             weight_decay=(5e-4 if baseline else 1e-4) if self.weight_decay is None
             else self.weight_decay,
             grad_clip=(0.0 if baseline else 5.0) if self.grad_clip is None else self.grad_clip,
-            device=_device(self.device))
+            device=str(resolve_device(self.device)))
         c.validate()
         return c
 
@@ -145,16 +146,6 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         return d
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(name)
-    except RuntimeError:
-        raise DsaraError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    return name
 
 
 def _is_baseline(arch: str) -> bool:
