@@ -217,7 +217,7 @@ def test_cli_search_with_space_override(tmp_path, capsys):
     code = main(["search", "--space", "tiny", "--dataset", "synthetic", "--epochs", "1",
                  "--batch-size", "8", "--pgd-steps", "1", "--max-steps", "1", "--device", "cpu",
                  "--set", "synthetic.n_train=64", "--set", "synthetic.image_size=8",
-                 "--set", "stages.2.width=1.5", "--eps", "4/255", "--out", str(out)])
+                 "--set", "stages.2.width=1.5", "--eps", "4/255", "--out", str(out), "--plots"])
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["space_overrides"] == {"stages.2.width": 1.5}
@@ -225,3 +225,6 @@ def test_cli_search_with_space_override(tmp_path, capsys):
     arch = json.loads((out / "architecture.json").read_text())
     assert arch["macro"]["stages"][2]["width"] == 1.5
     assert "architecture file:" in capsys.readouterr().out
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert {"architecture_accurate.png", "architecture_reduce.png", "architecture_robust.png",
+            "search_curves.png", "alphas_robust.png"} <= set(pngs), pngs

@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "where its last checkpoint left it")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
+    p.add_argument("--plots", action="store_true", help="at the end, draw the searched cells and "
+                   "the search curves into RUN_DIR/plots (SVG and PNG)")
     p.set_defaults(func=cmd_search)
 
 
@@ -91,4 +93,10 @@ def cmd_search(args) -> int:
           f"{final.get('val_pgd_acc', float('nan')):.3f}")
     print(f"architecture file: {result.run_dir / 'architecture.json'}")
     print(f"genotype: {result.genotype.to_text()}")
+    if args.plots:
+        from ..plot import draw_architecture, plot_search
+
+        out = result.run_dir / "plots"
+        files = draw_architecture(result.architecture, out) + plot_search(result.run_dir, out)
+        print(f"plots: {len(files)} files in {out}")
     return 0
