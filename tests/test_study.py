@@ -185,7 +185,7 @@ def test_a_trial_taken_over_by_another_worker_is_not_told_twice(tmp_path, monkey
     db = storage_url(tmp_path)
     manage.create("to", write_definition(tmp_path, budget__n_trials=1), db, tmp_path / "art")
 
-    def failed_as_stale_meanwhile(trial, definition, root, log):
+    def failed_as_stale_meanwhile(trial, definition, root, log, taken_over=None):
         trial.study._storage.set_trial_state_values(trial._trial_id,
                                                     state=optuna.trial.TrialState.FAIL)
         return [0.5, 0.5]
@@ -301,3 +301,26 @@ def test_study_names_that_would_escape_the_artifact_root_are_refused(tmp_path, c
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["study", "create", "../escape", "--from", "smoke", "--storage", url]) == 2
     assert "study name '../escape' must be" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_heartbeat_notices_a_taken_over_trial_and_the_search_stops(tmp_path):
+    import time
+
+    from dsara.study.objective import TakenOver, stop_when
+    from dsara.study.storage import Heartbeat, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/hb.db", create=True)
+    study = optuna.create_study(storage=storage, study_name="hb")
+    trial = study.ask()
+    with Heartbeat(storage, trial._trial_id, 0.05) as beat:
+        time.sleep(0.2)
+        assert not beat.taken_over.is_set()  # a live trial keeps beating
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # as a stale-trial check would
+        deadline = time.time() + 5
+        while not beat.taken_over.is_set() and time.time() < deadline:
+            time.sleep(0.05)
+        assert beat.taken_over.is_set()
+        with pytest.raises(TakenOver, match="after epoch 3"):
+            stop_when(beat.taken_over)({"epoch": 3})
+    stop_when(None)({"epoch": 1})  # no event: never stops

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,24 @@ def retried_number(trial) -> int | None:
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
+class TakenOver(Exception):
+    """This worker's trial was failed as stale and re-queued elsewhere: stop writing its run dir."""
+
+
+def stop_when(event) -> Callable[[dict], None]:
+    """A search callback that stops the search (at an epoch boundary) once `event` is set."""
+    def check(record):
+        if event is not None and event.is_set():
+            raise TakenOver(f"trial taken over by another worker after epoch {record['epoch']}")
+    return check
+
+
 def objective(trial, definition: StudyDefinition, artifact_root: str | Path,
-              log=print) -> list[float]:
-    """Run the trial; record architecture, config, metrics and run dir on it; return its values."""
+              log=print, taken_over=None) -> list[float]:
+    """Run the trial; record architecture, config, metrics and run dir on it; return its values.
+
+    `taken_over` (a threading.Event set by the heartbeat) stops the search when another worker
+    has re-queued this trial, so two workers never keep writing the same run directory."""
     origin = retried_number(trial)
     rel = trial_run_dir(trial.study.study_name, trial.number if origin is None else origin)
     run_dir = Path(artifact_root) / rel
@@ -60,8 +76,8 @@ def objective(trial, definition: StudyDefinition, artifact_root: str | Path,
     resume = prepare_run_dir(run_dir, retry=origin is not None)
     log(f"trial {trial.number}: {'resuming ' + rel if resume else rel}"
         f"{' ' + _fmt(values) if values else ''}")
-    result = search_run(cfg, callbacks=_pruning_callbacks(trial, definition), resume=resume,
-                        progress=False)
+    callbacks = [*_pruning_callbacks(trial, definition), stop_when(taken_over)]
+    result = search_run(cfg, callbacks=callbacks, resume=resume, progress=False)
     trial.set_user_attr("resumed_from_epoch", result.resumed_from or 0)
     metrics = {k: v for k, v in result.final.items() if k not in BULKY}
     if definition.objective == "retrain":

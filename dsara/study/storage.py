@@ -161,6 +161,7 @@ class Heartbeat:
     def __init__(self, storage, trial_id: int, interval: float):
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
         self._stop = threading.Event()
+        self.taken_over = threading.Event()  # another worker failed and re-queued this trial
         self._thread = threading.Thread(target=self._beat, daemon=True,
                                         name=f"heartbeat-{trial_id}")
 
@@ -176,6 +177,9 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                if self.storage.get_trial(self.trial_id).state.is_finished():
+                    self.taken_over.set()  # the search stops at its next epoch boundary
+                    return
                 self.storage.record_heartbeat(self.trial_id)
             except Exception:  # a network blip: the next beat retries; the grace period covers it
                 pass

@@ -135,9 +135,9 @@ def run_one(study, trial, definition: StudyDefinition, root: Path, storage, hear
     import optuna
     from optuna.trial import TrialState
 
-    with Heartbeat(storage, trial._trial_id, heartbeat_s):
+    with Heartbeat(storage, trial._trial_id, heartbeat_s) as beat:
         try:
-            values = objective(trial, definition, root, log)
+            values = objective(trial, definition, root, log, taken_over=beat.taken_over)
         except optuna.TrialPruned as e:
             study.tell(trial, state=TrialState.PRUNED)
             log(f"trial {trial.number}: {e}")
