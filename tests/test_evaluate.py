@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from _shared import TINY_GENOTYPE
 from torch import nn
 
 from dsara.archfile import from_genotype_text, save_architecture
@@ -15,12 +16,6 @@ from dsara.evaluate import ATTACKS, cw_margin, evaluate, load_trained, parse_att
 from dsara.train import TrainConfig, run
 
 SYNTH = {"n_train": 320, "n_test": 64, "image_size": 8, "num_classes": 4}
-TINY_GENOTYPE = (
-    "Genotype(accurate=[('sep_conv_3x3', 0), ('skip_connect', 1), ('max_pool_3x3', 0), "
-    "('sep_conv_3x3', 2)], accurate_concat=[2, 3], reduce=[('max_pool_3x3', 0), "
-    "('sep_conv_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3], "
-    "robust=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 2)], "
-    "robust_concat=[2, 3])")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _shared import TINY_GENOTYPE
 
 from dsara.archfile import from_genotype_text, save_architecture
 from dsara.attacks import fgsm, pgd
@@ -28,12 +29,6 @@ from dsara.train.losses import (
     trades_objective,
 )
 
-TINY_GENOTYPE = (
-    "Genotype(accurate=[('sep_conv_3x3', 0), ('skip_connect', 1), ('max_pool_3x3', 0), "
-    "('sep_conv_3x3', 2)], accurate_concat=[2, 3], reduce=[('max_pool_3x3', 0), "
-    "('sep_conv_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3], "
-    "robust=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 2)], "
-    "robust_concat=[2, 3])")
 SYNTH = {"n_train": 96, "n_test": 32, "image_size": 8, "num_classes": 4}
 
 
