@@ -213,13 +213,3 @@ def test_cli_bad_input_is_one_line(argv, message, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("dsara: error: ") and "\n" not in err
 
-
-@pytest.mark.slow
-def test_readme_example_on_resnet18(tmp_path):
-    """The README's baseline commands verbatim (minutes on a CPU)."""
-    run_dir = str(tmp_path / "resnet18")
-    assert main(["train", "resnet18", "--dataset", "synthetic", "--synthetic-train", "512",
-                 "--synthetic-test", "128", "--synthetic-size", "16", "--method", "pgd-at",
-                 "--epochs", "1", "--steps", "3", "--batch-size", "64", "--val-size", "64",
-                 "--out", run_dir]) == 0
-    assert main(["evaluate", run_dir, "--attacks", "clean,fgsm,pgd20", "--eps", "0.031"]) == 0
