@@ -69,9 +69,14 @@ def test_search_step_never_syncs_with_the_host_on_cuda():
     for stage in (1, 2, 1, 2):  # warm-up: cuDNN autotuning, optimizer state
         search.step(*next(batches), stage)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    alphas = [a.detach().clone() for a in search.model.arch_parameters()]
+    weights = [w.detach().clone() for w in search.weights]
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside the steps raises
     try:
         for stage in (1, 2):
             search.step(*next(batches), stage)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+    # the steps did their work: alpha and the weights moved
+    assert any(not torch.equal(a, b) for a, b in zip(alphas, search.model.arch_parameters()))
+    assert any(not torch.equal(w, v) for w, v in zip(weights, search.weights))
