@@ -12,6 +12,8 @@ classified correctly under every attack asked for (worst case per sample). All a
     cw          CW-L-inf: PGD on the Carlini-Wagner margin loss, 30 steps of eps/4, random start
     autoattack  standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein, 2020) through
                 the authors' library, the optional extra ``pip install pyautoattack``
+    so-krylov   [recon] second-order attack: 10 steps of eps/4 along sign(d), d from 5 CG
+                iterations on input Hessian-vector products (`dsara.krylov`), random start
 
 `sanity_checks` runs the checks of Carlini et al., "On Evaluating Adversarial Robustness" (2019):
 eps = 0 gives clean accuracy, accuracy does not rise with eps or with steps, a large eps drives it
@@ -36,6 +38,7 @@ from .attacks import fgsm, pgd
 from .data import ImageSet, Loader
 from .device import resolve_device
 from .errors import DsaraError
+from .krylov import KrylovConfig, so_krylov
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator],
                     torch.Tensor]
@@ -60,6 +63,10 @@ def _fgsm(model, x, y, eps, gen):
 
 def _pgd(model, x, y, eps, gen, steps: int, loss_fn=None):
     return pgd(model, x, y, eps, eps / 4, steps, loss_fn=loss_fn, generator=gen)
+
+
+def _so_krylov(model, x, y, eps, gen, config: KrylovConfig = KrylovConfig()):
+    return so_krylov(model, x, y, eps, config, generator=gen)
 
 
 def _import_autoattack():
@@ -101,6 +108,7 @@ ATTACKS: dict[str, AttackFn] = {
     "pgd100": partial(_pgd, steps=100),
     "cw": partial(_pgd, steps=30, loss_fn=cw_margin),
     "autoattack": _autoattack,
+    "so-krylov": _so_krylov,
 }
 
 
