@@ -16,7 +16,7 @@ and lam * g_adv) and the SGD weight step, on the same `Supernet`.
 Times are per step after `warmup` steps: CUDA events on a GPU, `perf_counter` on a CPU. A step
 consumes `2 * batch` images (a weight-train and an arch-val batch). A CIFAR-10 search epoch is
 25,000 / batch steps (the weight-train half; the arch-val half is consumed alongside), and the
-projected search is `EPOCHS` epochs, half in stage 1 and half in stage 2 (the default).
+projected search is `EPOCHS` epochs split into the stages as the default schedule splits them.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .data import ImageSet, load_dataset, split_train
 from .device import resolve_device
 from .errors import DsaraError
 from .search import SearchConfig
+from .search.config import default_stage1
 from .search.loop import Search
 from .space import load_space
 from .supernet import Supernet
@@ -46,7 +47,7 @@ from .supernet import Supernet
 # small: the tiny space on 16x16 inputs, seconds on a CPU (smoke runs, CI).
 SIZES = {"proxy": ("dsara", 32), "small": ("tiny", 16)}
 TRAIN_IMAGES = 25_000  # weight-train images per CIFAR-10 search epoch (half of the 50k split)
-EPOCHS = 50  # reference search length; stage 1 is the first half
+EPOCHS = 50  # reference search length; stage 1 is its first default_stage1(50) = 21 epochs
 BASE_BATCH = 32  # the reference batch; larger batches scale the weight lr linearly
 
 
@@ -351,12 +352,13 @@ def summarize(cases: list[dict[str, Any]], bc: BenchConfig) -> list[dict[str, An
 
 
 def projected_hours(ms_per_stage: dict[int, float], batch: int) -> float:
-    """Hours of an EPOCHS-epoch CIFAR-10 search: half the epochs in each stage (the default);
-    with one stage timed, that stage's time for all of them."""
+    """Hours of an EPOCHS-epoch CIFAR-10 search with the default stage split (21 of 50 epochs in
+    stage 1); with one stage timed, that stage's time for all of them."""
     steps = TRAIN_IMAGES // batch
     stage1 = ms_per_stage.get(1, ms_per_stage.get(2))
     stage2 = ms_per_stage.get(2, stage1)
-    return steps * (EPOCHS // 2 * stage1 + (EPOCHS - EPOCHS // 2) * stage2) / 3.6e6
+    n1 = default_stage1(EPOCHS)
+    return steps * (n1 * stage1 + (EPOCHS - n1) * stage2) / 3.6e6
 
 
 def device_name(device: torch.device) -> str:

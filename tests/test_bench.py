@@ -32,8 +32,8 @@ def test_cpu_smoke_run_reports_both_paths_and_the_ratio(tmp_path):
 
 
 def test_projected_hours_by_hand():
-    # 25,000 / 32 = 781 steps per epoch; 25 epochs at 100 ms + 25 at 200 ms
-    assert projected_hours({1: 100.0, 2: 200.0}, 32) == pytest.approx(781 * 7500 / 3.6e6)
+    # 25,000 / 32 = 781 steps per epoch; 21 epochs (the default stage 1) at 100 ms + 29 at 200 ms
+    assert projected_hours({1: 100.0, 2: 200.0}, 32) == pytest.approx(781 * 7900 / 3.6e6)
     assert projected_hours({2: 200.0}, 32) == pytest.approx(781 * 10_000 / 3.6e6)
 
 

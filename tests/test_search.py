@@ -59,6 +59,13 @@ def test_stage_switches_at_the_configured_epoch(tmp_path, stage1, expected):
     assert [r["stage"] for r in result.history] == expected
 
 
+def test_stage1_default_follows_the_authors_schedule():
+    # ARNAS train_search.py: `if False:  #if epoch <= 20:`, i.e. epochs 0..20 = 21 of 50
+    assert SearchConfig().stage1 == 21
+    assert [SearchConfig(epochs=e).stage1 for e in (1, 2, 10, 20, 100)] == [0, 1, 4, 8, 42]
+    assert SearchConfig(stage1_epochs=0).stage1 == 0  # the released code: stage 2 only
+
+
 def test_gamma_matches_brute_force_min_norm_including_clipped_cases():
     g = torch.Generator().manual_seed(0)
     cases = [torch.randn(2, 6, generator=g) for _ in range(20)]

@@ -17,7 +17,9 @@ OPTIONS = [
     ("--data-root", "data_root", str, "folder holding the dataset"),
     ("--epochs", "epochs", int, "search epochs (default 50)"),
     ("--stage1-epochs", "stage1_epochs", int,
-     "epochs of stage 1, alpha on the adversarial loss only (default: half of --epochs)"),
+     "epochs of stage 1, alpha on the adversarial loss only (default: the authors' schedule, "
+     "21 of 50 epochs, i.e. 42%% of --epochs rounded; 0 = stage 2 only, as their released "
+     "code runs)"),
     ("--batch-size", "batch_size", int, "images per weight-train and per arch-val batch "
      "(default 32)"),
     ("--max-steps", "max_steps", int, "cap on steps per epoch, for smoke runs (default: all)"),

@@ -60,7 +60,12 @@ def stage1_epochs(run: dict) -> int:
     stages = [m.get("stage") for m in run["metrics"]]
     if 2 in stages:
         return stages.index(2)
-    return int(run["config"].get("stage1_epochs") or 0)
+    config = run["config"]
+    if config.get("stage1_epochs") is None and "epochs" in config:  # the default schedule
+        from ..search.config import default_stage1
+
+        return default_stage1(int(config["epochs"]))
+    return int(config.get("stage1_epochs") or 0)
 
 
 def plot_search(run_dir: str | Path, out_dir: str | Path | None = None,
