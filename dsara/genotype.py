@@ -22,10 +22,24 @@ from .ops import PARAMETER_FREE, check_op
 EDGES_PER_NODE = 2  # DARTS keeps the two strongest incoming edges of every node
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CellGenotype:
+    """Equality compares each node's two edges as a multiset: DARTS lists the stronger edge
+    first, and the order of a node's edges does not change the network it describes."""
+
     edges: tuple[tuple[str, int], ...]  # 2 per intermediate node, in node order
     concat: tuple[int, ...]
+
+    def _key(self) -> tuple:
+        nodes = tuple(tuple(sorted(self.edges[k: k + EDGES_PER_NODE]))
+                      for k in range(0, len(self.edges), EDGES_PER_NODE))
+        return nodes, tuple(self.concat)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CellGenotype) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def nodes(self) -> int:
@@ -170,7 +184,9 @@ def _concat(node, where) -> tuple[int, ...]:
 def derive(alphas: Mapping[str, torch.Tensor], ops: list[str], nodes: int) -> Genotype:
     """DARTS derivation: per node keep the 2 strongest incoming edges, each with its best op.
 
-    Edge strength is the largest softmax weight of a non-`none` op on that edge.
+    Edge strength is the largest softmax weight of a non-`none` op on that edge. A node's edges are
+    listed strongest first, ties to the lower input (DARTS' stable `sorted`), as the published
+    cells are written.
     """
     cells = {}
     none = ops.index("none") if "none" in ops else None
@@ -183,7 +199,8 @@ def derive(alphas: Mapping[str, torch.Tensor], ops: list[str], nodes: int) -> Ge
             n_in = node + 2
             block = w[start: start + n_in]
             best_w, best_op = block.max(dim=-1)
-            keep = sorted(torch.argsort(best_w, descending=True)[:EDGES_PER_NODE].tolist())
+            strength = best_w.tolist()
+            keep = sorted(range(n_in), key=lambda j: -strength[j])[:EDGES_PER_NODE]
             edges += [(ops[int(best_op[j])], j) for j in keep]
             start += n_in
         cells[cell_type] = CellGenotype(tuple(edges), tuple(range(2, nodes + 2)))
