@@ -115,7 +115,7 @@ def test_mart_terms_and_gradients(batch):
 
 
 def test_method_defaults_are_the_standard_recipes():
-    assert {m: METHODS[m][1:] for m in METHODS} == {
+    assert {m: METHODS[m][1:] for m in ("pgd-at", "trades", "mart", "fgsm-rs")} == {
         "pgd-at": (0.25, 10), "trades": (0.25, 10), "mart": (0.25, 10), "fgsm-rs": (1.25, 1)}
     cfg = TrainConfig(arch="resnet18", out="x", method="fgsm-rs").resolved()
     assert cfg.step_size == pytest.approx(1.25 * 8 / 255) and cfg.steps == 1
@@ -133,7 +133,7 @@ def test_learning_rate_schedules():
 
 # ----------------------------------------------------------------------------- the loop
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", ["pgd-at", "trades", "mart", "fgsm-rs"])  # others: test_methods
 def test_every_method_runs_an_epoch(tmp_path, method):
     result = run(tiny_config(tmp_path, method=method, epochs=1), log=lambda s: None)
     assert result.epochs_done == 1 and math.isfinite(result.history[0]["train"]["loss"])

@@ -14,7 +14,14 @@ OPTIONS = [
     ("--dataset", "dataset", str, "cifar10 | cifar100 | svhn | imagefolder | synthetic "
      "(default cifar10)"),
     ("--data-root", "data_root", str, "folder holding the dataset"),
-    ("--method", "method", str, f"{' | '.join(METHODS)} (default pgd-at)"),
+    ("--method", "method", str, f"{' | '.join(METHODS)} (default pgd-at). Their constants: "
+     "--set method_options.NAME=VALUE (docs/methods.md). [recon] = our reconstruction, not the "
+     "authors' code: mart-ss pseudo-labelling, bang's gradient scaling, jsigr's penalties, "
+     "so-at's Krylov direction, parts of ladder"),
+    ("--unlabeled", "unlabeled", str, "mart-ss: folder of unlabeled images (any layout, the "
+     "dataset's image size); test/validation duplicates are dropped"),
+    ("--teacher", "teacher", str, "RUN_DIR of a dsara train run on the same data: mart-ss's "
+     "pseudo-labeller, or the network ladder fine-tunes"),
     ("--epochs", "epochs", int, "training epochs (default 200)"),
     ("--batch-size", "batch_size", int, "images per SGD step (default 128)"),
     ("--lr", "lr", float, "initial SGD learning rate (default 0.1)"),

@@ -37,6 +37,7 @@ from ..errors import DsaraError
 from ..files import write_json_atomic
 from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
 from .losses import METHODS, AdvParams, get_method
+from .methods import method_options, prepare_loader, resolve_options
 
 SCHEDULES = ("piecewise", "cosine")
 _KINDS = {"str": (str, os.PathLike), "bool": (bool,), "int": (int,), "float": (int, float)}
@@ -50,7 +51,10 @@ class TrainConfig:
     data_root: str | None = None  # dataset directory (not needed for synthetic)
     download: bool = False  # fetch cifar/svhn into data_root if missing
     synthetic: dict[str, Any] | None = None  # SyntheticConfig fields, for dataset = synthetic
-    method: str = "pgd-at"  # pgd-at | trades | mart | fgsm-rs
+    method: str = "pgd-at"  # a name of METHODS (pgd-at | trades | mart | fgsm-rs | iat | ...)
+    method_options: dict[str, Any] | None = None  # the method's constants (methods.OPTIONS)
+    unlabeled: str | None = None  # mart-ss: folder of unlabeled images (any layout)
+    teacher: str | None = None  # mart-ss: pseudo-labeller; ladder: model to fine-tune (RUN_DIR)
     epochs: int = 200  # DSARA reference retraining: 200
     batch_size: int = 128  # images per SGD step
     lr: float = 0.1  # SGD learning rate at the start (per batch of batch_size, not rescaled)
@@ -86,6 +90,7 @@ class TrainConfig:
             weight_decay=(5e-4 if baseline else 1e-4) if self.weight_decay is None
             else self.weight_decay,
             grad_clip=(0.0 if baseline else 5.0) if self.grad_clip is None else self.grad_clip,
+            method_options=resolve_options(self.method, self.method_options),
             device=str(resolve_device(self.device)))
         c.validate()
         return c
@@ -324,7 +329,7 @@ def run(config: TrainConfig, max_epochs: int | None = None,
     cfg = config.resolved()
     run_dir = Path(cfg.out)
     device = torch.device(cfg.device)
-    fit, val, _test, info = load_data(cfg)
+    fit, val, test, info = load_data(cfg)
     previous = _previous(run_dir, cfg)
     # a resumed run rebuilds its model from the checkpoint, not from a file that may have moved
     spec = previous["model_spec"] if previous else model_spec(
@@ -337,13 +342,14 @@ def run(config: TrainConfig, max_epochs: int | None = None,
     _repair_best(run_dir, previous, state)
     if state["epoch"] == 0:
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    loader = Loader(fit, cfg.batch_size, augment=cfg.augment, device=device, seed=cfg.seed)
+    loader = prepare_loader(cfg, model, fit, val, test, state["epoch"], log)
     val_loader = Loader(val, min(cfg.batch_size, len(val)), shuffle=False, drop_last=False,
                         device=device)
     method = get_method(cfg.method)[0]
     macro = getattr(model, "macro", None)
     params = AdvParams(cfg.eps, cfg.step_size, cfg.steps, cfg.beta,
-                       macro.auxiliary_weight if getattr(model, "has_auxiliary", False) else 0.0)
+                       macro.auxiliary_weight if getattr(model, "has_auxiliary", False) else 0.0,
+                       method_options(cfg.method, cfg.method_options))
     final_drop_path = macro.drop_path if macro is not None else 0.0
     start, done = state["epoch"], 0
     for epoch in range(start, cfg.epochs):

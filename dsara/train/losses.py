@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ class AdvParams:
     steps: int  # inner PGD steps (FGSM-RS: 1)
     beta: float = 6.0  # TRADES / MART weight of the robustness regularizer
     aux_weight: float = 0.0  # weight of the auxiliary head's CE (0 = unused)
+    options: Any = None  # the method's typed constants (dsara.train.methods.OPTIONS), if any
 
 
 def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -133,6 +135,19 @@ METHODS: dict[str, tuple[Method, float, int]] = {
     "trades": (trades, 0.25, 10),  # TRADES' CIFAR recipe: 10 steps of ~2/255 at 8/255
     "mart": (mart, 0.25, 10),  # MART's CIFAR recipe: 10 steps of 2/255 at 8/255
     "fgsm-rs": (fgsm_rs, 1.25, 1),  # Wong et al.: one step of 1.25 eps from a random start
+}
+
+# The seed papers' methods (dsara/train/methods/; their constants: methods.OPTIONS). Imported
+# here, after the helpers they build on, so that the registry is complete wherever it is read.
+from .methods import bang, iat, jsigr, ladder  # noqa: E402
+
+METHODS |= {
+    "iat": (iat.iat, 0.25, 10),  # Lamb et al.: PGD-10 of 2/255 at 8/255 (reimplementation)
+    "iat-manifold": (iat.iat_manifold, 0.25, 10),
+    "mart-ss": (mart, 0.25, 10),  # MART on labeled + pseudo-labelled batches (methods.mart_ss)
+    "bang": (bang.bang, 0.25, 10),  # no attack unless method_options.adversarial = true
+    "jsigr": (jsigr.jsigr, 0.25, 10),  # no attack unless method_options.adversarial = true
+    "ladder": (ladder.ladder, 0.25, 10),  # no PGD: the generated set replaces it
 }
 
 
