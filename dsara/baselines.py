@@ -67,6 +67,9 @@ class PreActBlock(nn.Module):
         return self.conv2(F.relu(self.bn2(self.conv1(a)))) + skip
 
 
+BLOCK_NAMES = {BasicBlock: "basic", PreActBlock: "preact"}
+
+
 class Backbone(nn.Module):
     """Stem, stages of residual blocks, optional final BN-ReLU (pre-activation nets), pool, linear.
 
@@ -84,6 +87,10 @@ class Backbone(nn.Module):
             raise DsaraError(f"baseline {name or '?'}: need one positive depth and width per "
                              f"stage, got depths {list(depths)} and widths {list(widths)}")
         self.baseline_name = name
+        # what rebuilds this net without dsara (dsara.export.standalone)
+        self.layout = {"kind": "residual", "block": BLOCK_NAMES[block], "depths": list(depths),
+                       "widths": list(widths), "stem_channels": stem_channels,
+                       "stem_bn": stem_bn, "final_bn": final_bn}
         self.drop_path_prob = 0.0  # uniform with Network; baselines have no drop-path
         self.normalize = Normalize(mean, std)
         self.stem = nn.Sequential(conv3x3(len(mean), stem_channels),
