@@ -2,6 +2,7 @@
 objective, attacks that stay in the eps-ball and [0, 1], mart-ss never training on a test image,
 LADDER's reconstruction at eps = 0, exact resume of every method, and bad options."""
 
+import copy
 import json
 import math
 
@@ -13,19 +14,20 @@ from _shared import TINY_GENOTYPE
 from torch import nn
 
 from dsara.archfile import from_genotype_text, save_architecture
-from dsara.attacks import pgd
+from dsara.attacks import fgsm, pgd
 from dsara.baselines import build_baseline
 from dsara.errors import DsaraError
+from dsara.krylov import KrylovConfig, krylov_direction
 from dsara.train import TrainConfig, run
 from dsara.train.checkpoint import load_checkpoint
 from dsara.train.losses import METHODS, AdvParams
 from dsara.train.methods import bang as bang_mod
-from dsara.train.methods import extra, iat, jsigr, ladder, method_options
+from dsara.train.methods import extra, iat, jsigr, ladder, method_options, so_at
 from dsara.train.methods.bang import BANGOptions, bang_ce
 from dsara.train.methods.jsigr import JSIGROptions, jacobian_norm2, occlusion_mask
 
 SYNTH = {"n_train": 96, "n_test": 32, "image_size": 8, "num_classes": 4}
-NEW = ["iat", "iat-manifold", "mart-ss", "bang", "jsigr", "ladder"]
+NEW = ["iat", "iat-manifold", "mart-ss", "bang", "jsigr", "so-at", "ladder"]
 LADDER_FAST = {"decoder_epochs": 1, "svm_epochs": 1, "svm_per_class": 8, "decoder_width": 8}
 
 
@@ -207,11 +209,43 @@ def test_occlusion_mask_marks_the_squares_the_model_ignores():
     assert terms["jacobian"].item() > 0
 
 
+# ----------------------------------------------------------------------------- SO-AT
+
+@pytest.mark.parametrize("solver", ["cg", "minres", "gmres"])
+def test_krylov_direction_on_a_quadratic_loss_is_the_newton_step(solver):
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    m = torch.randn(n, n, generator=g)
+    a = m @ m.T + n * torch.eye(n)  # symmetric positive definite
+    b = torch.randn(n, generator=g)
+
+    def quadratic(z, _y):  # sum over the batch of 1/2 z^T A z - b^T z
+        return (0.5 * (z @ a * z).sum(1) - z @ b).sum()
+
+    x = torch.rand(3, n, generator=g)
+    d = krylov_direction(nn.Flatten(), x, torch.zeros(3, dtype=torch.long),
+                         KrylovConfig(iters=n, solver=solver), loss_fn=quadratic)
+    newton = torch.linalg.solve(a, (x @ a - b).T).T  # A^-1 g with g = A x - b, per row
+    assert torch.allclose(d, newton, atol=1e-4, rtol=1e-4)
+
+
+def test_so_at_with_one_krylov_iteration_is_fgsm(model, batch):
+    x, y = batch
+    p = AdvParams(8 / 255, 8 / 255, 1, options=method_options("so-at", {"iters": 1}))
+    reference = copy.deepcopy(model)  # so_at's train-mode forward moves the BN statistics
+    loss, _ = so_at.so_at(model, x, y, p)
+    x_fgsm = fgsm(reference.eval(), x, y, 8 / 255, random_start=False)
+    expected = F.cross_entropy(reference.train()(x_fgsm), y)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    p5 = AdvParams(8 / 255, 8 / 255, 1, options=method_options("so-at", {"iters": 5}))
+    assert so_at.so_at(model, x, y, p5)[0].item() != pytest.approx(loss.item(), abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- attacks in the ball
 
 @pytest.mark.parametrize("name,options", [
     ("iat", {}), ("iat-manifold", {}), ("bang", {"adversarial": True}),
-    ("jsigr", {"adversarial": True})])
+    ("jsigr", {"adversarial": True}), ("so-at", {"random_start": True})])
 def test_every_adversarial_input_stays_in_the_eps_ball_and_the_image_box(
         monkeypatch, model, batch, name, options):
     x, y = batch
@@ -224,8 +258,16 @@ def test_every_adversarial_input_stays_in_the_eps_ball_and_the_image_box(
         seen.append((xx, out, eps))
         return out
 
-    module = {"iat": iat, "iat-manifold": iat, "bang": bang_mod, "jsigr": jsigr}[name]
-    monkeypatch.setattr(module, "pgd", recording)
+    module = {"iat": iat, "iat-manifold": iat, "bang": bang_mod, "jsigr": jsigr, "so-at": so_at}[
+        name]
+    if name == "so-at":
+        def recording(m, xx, yy, eps, *a, **k):  # noqa: F811 (the Krylov attack, same check)
+            out = so_at.so_krylov(m, xx, yy, eps, *a, **k)
+            seen.append((xx, out, eps))
+            return out
+        monkeypatch.setattr(module, "_craft_in_eval", lambda m, fn, *a, **k: recording(m, *a, **k))
+    else:
+        monkeypatch.setattr(module, "pgd", recording)
     p = AdvParams(8 / 255, 4 / 255, 3, options=method_options(name, options))
     loss, _ = METHODS[name][0](model, x, y, p, generator=torch.Generator().manual_seed(0))
     assert seen and math.isfinite(loss.item())

@@ -139,7 +139,7 @@ METHODS: dict[str, tuple[Method, float, int]] = {
 
 # The seed papers' methods (dsara/train/methods/; their constants: methods.OPTIONS). Imported
 # here, after the helpers they build on, so that the registry is complete wherever it is read.
-from .methods import bang, iat, jsigr, ladder  # noqa: E402
+from .methods import bang, iat, jsigr, ladder, so_at  # noqa: E402
 
 METHODS |= {
     "iat": (iat.iat, 0.25, 10),  # Lamb et al.: PGD-10 of 2/255 at 8/255 (reimplementation)
@@ -147,6 +147,7 @@ METHODS |= {
     "mart-ss": (mart, 0.25, 10),  # MART on labeled + pseudo-labelled batches (methods.mart_ss)
     "bang": (bang.bang, 0.25, 10),  # no attack unless method_options.adversarial = true
     "jsigr": (jsigr.jsigr, 0.25, 10),  # no attack unless method_options.adversarial = true
+    "so-at": (so_at.so_at, 1.0, 1),  # delta = eps sign(d): one step of eps from x [recon]
     "ladder": (ladder.ladder, 0.25, 10),  # no PGD: the generated set replaces it
 }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...data import Loader
 from ...errors import DsaraError
-from . import ladder, mart_ss
+from . import ladder, mart_ss, so_at
 from .bang import BANGOptions
 from .iat import IATOptions
 from .jsigr import JSIGROptions
@@ -30,6 +30,7 @@ OPTIONS: dict[str, type] = {
     "mart-ss": mart_ss.MartSSOptions,
     "bang": BANGOptions,
     "jsigr": JSIGROptions,
+    "so-at": so_at.SOATOptions,
     "ladder": ladder.LadderOptions,
 }
 
