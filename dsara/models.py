@@ -18,8 +18,9 @@ def build_model(arch: str | Path | Architecture, *, cells: int | None = None,
     """Build a discrete network from an architecture file, an `Architecture`, a built-in cell, or
     a baseline name (``resnet18``, ``wrn34_10``, ... see `dsara.baselines.BASELINES`).
 
-    `cells` / `channels` resize the layout (normal cells are shared out in proportion to the stage
-    depths); `num_classes` replaces the classifier size; `auxiliary=False` drops the auxiliary head.
+    `cells` / `channels` resize the layout (equal stages: reductions at L//3 and 2L//3, as DARTS;
+    unequal stages: normal cells in proportion to their depths); `num_classes` replaces the
+    classifier size; `auxiliary=False` drops the auxiliary head.
     """
     if isinstance(arch, str) and baseline_name(arch) and not Path(arch).is_file():
         if cells is not None or channels is not None or auxiliary:

@@ -93,6 +93,13 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
+def auxiliary_index(plan: list) -> int:
+    """The cell whose output feeds the auxiliary head: the last reduction cell, as in DARTS (whose
+    2L//3 is its second reduction; 8x8 on CIFAR). A layout without reductions uses 2L//3."""
+    reductions = [i for i, spec in enumerate(plan) if spec.reduction]
+    return reductions[-1] if reductions else 2 * len(plan) // 3
+
+
 class Network(nn.Module):
     """A discrete network: `Macro` layout + `Genotype` cells."""
 
@@ -107,7 +114,7 @@ class Network(nn.Module):
         self.stem = stem(len(macro.mean), C_stem)
         C_pp, C_p, reduction_prev = C_stem, C_stem, False
         plan = macro.cell_plan()
-        self.aux_index = 2 * len(plan) // 3 if macro.auxiliary_weight > 0 else -1
+        self.aux_index = auxiliary_index(plan) if macro.auxiliary_weight > 0 else -1
         self.cells = nn.ModuleList()
         self.auxiliary_head = None
         for i, spec in enumerate(plan):

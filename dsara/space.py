@@ -23,7 +23,9 @@ A space is a TOML file in `search_spaces/` (usable by name) or anywhere (usable 
     drop_path = 0.2
 
 A reduction cell sits between two stages: it halves the resolution and moves to the next stage's width.
-At another total cell count the normal cells are shared out in proportion to the stages' depths.
+At another total cell count L, stages of equal depth place their reductions where DARTS does, at
+i*L//S for S stages (L//3 and 2L//3: 16 cells -> reductions at cells 5 and 10); stages of unequal
+depth (a RobustWRN knob) share the normal cells out in proportion to their depths.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class Macro:
                 raise DsaraError(f"channels must be positive, got {channels}")
             out = dataclasses.replace(out, C=int(channels))
         if cells is not None and cells != self.cells:
-            depths = share_depths([s.depth for s in self.stages], cells - (len(self.stages) - 1))
+            depths = stage_depths([s.depth for s in self.stages], cells)
             out = dataclasses.replace(out, stages=tuple(
                 dataclasses.replace(s, depth=d) for s, d in zip(self.stages, depths)))
         return out
@@ -145,6 +147,17 @@ class Macro:
 def channels(C: int, width: float) -> int:
     """Channels of a stage: width x C, rounded, at least 1."""
     return max(1, int(round(width * C)))
+
+
+def stage_depths(base: list[int], cells: int) -> list[int]:
+    """Normal cells per stage of a `cells`-cell network whose stages have the depths `base` at
+    another size. Equal depths: reductions at i*cells//S, i = 1..S-1, as DARTS places them
+    (cells 6 and 13 of 20, 5 and 10 of 16); otherwise in proportion to `base` (`share_depths`)."""
+    stages = len(base)
+    if len(set(base)) > 1 or cells < 2 * stages - 1:
+        return share_depths(base, cells - (stages - 1))  # (also says why too few cells fail)
+    bounds = [-1] + [i * cells // stages for i in range(1, stages)] + [cells]
+    return [bounds[i + 1] - bounds[i] - 1 for i in range(stages)]
 
 
 def share_depths(base: list[int], total: int) -> list[int]:

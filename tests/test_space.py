@@ -3,8 +3,11 @@ import sys
 import zipfile
 
 import pytest
+import torch
 
 from dsara import DsaraError, list_spaces, load_space
+from dsara.genotype import CellGenotype, Genotype, get_published
+from dsara.network import Network
 from dsara.space import share_depths
 
 
@@ -137,3 +140,40 @@ def test_spaces_work_by_name_after_a_plain_non_editable_install(tmp_path):
     name, count, origin = out.stdout.split()
     assert name == "dsara" and int(count) >= 3
     assert origin.startswith(str(target)), "the test must import the installed copy"
+
+
+def _aux_input_side(model, side: int = 32) -> int:
+    """Spatial size of what the auxiliary head sees, from a real train-mode forward."""
+    seen = []
+    hook = model.auxiliary_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-1]))
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, side, side), return_aux=True)
+    hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("space", list_spaces())
+def test_layout_at_8_to_20_cells_reductions_and_aux_head(space):
+    sp = load_space(space)
+    genotype = Genotype({t: CellGenotype((("skip_connect", 0), ("skip_connect", 1)) * sp.nodes,
+                                         tuple(range(2, sp.nodes + 2))) for t in sp.cell_types})
+    equal = len({s.depth for s in sp.stages}) == 1
+    for cells in range(8, 21):
+        macro = sp.final_macro().resized(cells=cells, channels=4)
+        plan = macro.cell_plan()
+        red = [i for i, c in enumerate(plan) if c.reduction]
+        assert len(plan) == cells and len(red) == len(sp.stages) - 1
+        if equal:  # DARTS: reductions at L//3 and 2L//3
+            assert red == [cells // 3, 2 * cells // 3], cells
+        model = Network(genotype, macro)
+        assert model.aux_index == red[-1], cells  # right after the last reduction cell
+        assert _aux_input_side(model) == 8, cells  # 32 -> 16 -> 8
+
+
+def test_darts_16_and_robustwrn_18_cells():
+    darts = load_space("darts").final_macro().resized(cells=16).cell_plan()
+    assert [i for i, c in enumerate(darts) if c.reduction] == [5, 10]
+    rwrn = load_space("robustwrn").final_macro()  # 18 cells, stages 2:2:1 -> 7:6:3
+    assert [s.depth for s in rwrn.stages] == [7, 6, 3]
+    assert Network(get_published("ARNAS"), rwrn).aux_index == 14
