@@ -14,7 +14,7 @@ github.com/HanxunH/RobustWRN): 5 blocks per stage, stage channels 320 / 640 / 51
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import torch.nn.functional as F
@@ -127,9 +127,11 @@ def wide_resnet(depths, widths, stem_channels: int = 16, **kw) -> Backbone:
                     final_bn=True, **kw)
 
 
-# name -> factory(num_classes=, mean=, std=, name=). The tiny variants are seconds-per-epoch nets
-# for tests and quickstarts, registered and tested like the real ones.
-BASELINES: dict[str, Callable[..., Backbone]] = {
+# name -> partial(family, depths, widths, **fixed), called with num_classes=, mean=, std=, name=;
+# `build_baseline` may swap in scaled widths, so every entry keeps them as its 2nd argument. The
+# tiny variants are seconds-per-epoch nets for tests and quickstarts, registered and tested like
+# the real ones.
+BASELINES: dict[str, partial] = {
     "resnet18": partial(resnet, (2, 2, 2, 2), (64, 128, 256, 512)),
     "preact_resnet18": partial(preact_resnet, (2, 2, 2, 2), (64, 128, 256, 512)),
     "wrn28_10": partial(wide_resnet, (4, 4, 4), (160, 320, 640)),
@@ -157,13 +159,37 @@ def list_baselines() -> list[str]:
     return list(BASELINES)
 
 
-def build_baseline(name: str, num_classes: int = 10, mean=CIFAR10_MEAN,
-                   std=CIFAR10_STD) -> Backbone:
-    """Build a registered baseline by name (case, '-' and '_' do not matter)."""
+def base_width(name: str) -> int:
+    """Channels of the first stage of a registered baseline (ResNet-18: 64, WRN-34-10: 160)."""
+    return BASELINES[_registered(name)].args[1][0]
+
+
+def scaled_widths(widths: Sequence[int], width: int) -> tuple[int, ...]:
+    """Stage widths scaled so that the first stage has `width` channels (ratios kept, >= 1)."""
+    return tuple(max(1, round(w * width / widths[0])) for w in widths)
+
+
+def _registered(name: str) -> str:
     key = baseline_name(name)
     if key is None:
         raise DsaraError(f"unknown baseline {name!r}; baselines: {', '.join(BASELINES)}")
+    return key
+
+
+def build_baseline(name: str, num_classes: int = 10, mean=CIFAR10_MEAN,
+                   std=CIFAR10_STD, width: int | None = None) -> Backbone:
+    """Build a registered baseline by name (case, '-' and '_' do not matter).
+
+    `width` rescales every stage so that the first one has `width` channels (the stage ratios
+    stay, e.g. ResNet-18 at width 32 has stages 32/64/128/256); None keeps the published widths.
+    Equal-parameter comparisons (`dsara.budget`) pick it."""
+    key = _registered(name)
     if num_classes < 2:
         raise DsaraError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
-    return BASELINES[key](num_classes=int(num_classes), mean=tuple(mean), std=tuple(std),
-                          name=key)
+    if width is not None and width < 1:
+        raise DsaraError(f"baseline width must be >= 1 channel, got {width}")
+    factory = BASELINES[key]
+    depths, widths = factory.args
+    widths = widths if width is None else scaled_widths(widths, width)
+    return factory.func(depths, widths, **factory.keywords, num_classes=int(num_classes),
+                        mean=tuple(mean), std=tuple(std), name=key)

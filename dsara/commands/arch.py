@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..archfile import resolve_architecture
+from ..baselines import base_width, baseline_name, build_baseline
+from ..budget import fit_budget, parse_params
+from ..errors import DsaraError
 from ..genotype import published
 from ..models import build_model
 from ..profile import count_macs, count_parameters
+from ..sample import write_samples
 from ..space import list_spaces, load_space
 
 
@@ -17,12 +22,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     asub = p.add_subparsers(dest="arch_command", metavar="ACTION", required=True)
     info = asub.add_parser("info", help="cells, parameters and multiply-adds of an architecture")
     info.add_argument("arch", metavar="FILE_OR_NAME",
-                      help="architecture file (.json) or built-in cell name (e.g. DARTS_V2, ARNAS)")
+                      help="architecture file (.json), built-in cell name (e.g. DARTS_V2, ARNAS) "
+                      "or baseline (resnet18, wrn34_10, ...)")
     info.add_argument("--cells", type=int, help="total cells (default: the file's layout)")
-    info.add_argument("--channels", "-C", type=int, help="initial channels C (default: the file's)")
+    info.add_argument("--channels", "-C", type=int, help="initial channels C (default: the file's); "
+                      "for a baseline its first-stage width")
     info.add_argument("--image-size", type=int, default=32, help="input side in pixels (default 32)")
+    info.add_argument("--params", metavar="BUDGET", help="parameter budget, e.g. 1.2M: pick the "
+                      "channels C nearest to it (auxiliary head excluded; instead of --channels)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=cmd_info)
+    sample = asub.add_parser("sample", help="draw random architectures of a search space",
+                             description="N genotypes drawn uniformly from the space (each node: "
+                             "two distinct inputs, an op per edge from the space's ops but "
+                             "'none'), written as architecture files random-<i>.json with "
+                             "provenance source = \"random\". The same seed gives the same files.")
+    sample.add_argument("space", metavar="SPACE", help="search space name or TOML path")
+    sample.add_argument("--n", type=int, default=1, help="how many distinct genotypes (default 1)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
+    sample.set_defaults(func=cmd_sample)
     lst = asub.add_parser("list", help="list built-in cells and search spaces")
     lst.set_defaults(func=cmd_list)
 
@@ -44,18 +63,52 @@ def arch_summary(spec, cells=None, channels=None, image_size=32) -> dict:
     }
 
 
+def baseline_summary(name: str, width: int | None = None, image_size: int = 32) -> dict:
+    model = build_baseline(name, width=width)
+    return {"name": baseline_name(name), "width": width or base_width(name),
+            "parameters": count_parameters(model),
+            "macs": count_macs(model, (3, image_size, image_size))}
+
+
 def cmd_info(args) -> int:
-    s = arch_summary(args.arch, args.cells, args.channels, args.image_size)
+    channels, fit = args.channels, None
+    if args.params is not None:
+        if channels is not None:
+            raise DsaraError("give --params or --channels, not both: the budget picks C")
+        fit = fit_budget(args.arch, parse_params(args.params), cells=args.cells)
+        channels = fit.value
+    if baseline_name(args.arch) is not None and not Path(args.arch).is_file():
+        s = baseline_summary(args.arch, channels, args.image_size)
+    else:
+        s = arch_summary(args.arch, args.cells, channels, args.image_size)
+    if fit is not None:
+        s["budget"] = fit.budget
     if args.json:
         print(json.dumps(s, indent=2))
+        return 0
+    if "genotype" not in s:
+        print(f"baseline      {s['name']} (first stage {s['width']} channels)")
+        print(f"parameters    {s['parameters'] / 1e6:.3f} M")
+        if fit is not None:
+            print(f"budget        {fit.describe()}")
+        print(f"multiply-adds {s['macs'] / 1e6:.1f} M per {args.image_size}x{args.image_size} "
+              "image")
         return 0
     print(f"architecture  {s['name']}")
     print(f"cells         {s['cells']}  (C = {s['C']}): {' '.join(s['layout'])}")
     print(f"stages        {'; '.join(s['stages'])}")
     print(f"parameters    {s['parameters'] / 1e6:.3f} M (auxiliary head excluded; "
           f"{s['parameters_with_auxiliary'] / 1e6:.3f} M with it)")
+    if fit is not None:
+        print(f"budget        {fit.describe()}")
     print(f"multiply-adds {s['macs'] / 1e6:.1f} M per {args.image_size}x{args.image_size} image")
     print(f"genotype      {s['genotype']}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    for path in write_samples(args.space, args.n, args.seed, args.out):
+        print(path)
     return 0
 
 

@@ -43,10 +43,16 @@ OPTIONS = [
     ("--cells", "cells", int, "total cells of a cell network (default: the architecture's)"),
     ("--channels", "channels", int, "initial channels C of a cell network (default: the "
      "architecture's)"),
+    ("--width", "width", int, "channels of a baseline's first stage, the others scaled alike "
+     "(default: its published width, e.g. 64 for resnet18)"),
+    ("--params", "params", str, "parameter budget, e.g. 1.2M or 800k: picks --channels (cell "
+     "networks) or --width (baselines) whose count is nearest; auxiliary head excluded"),
     ("--auxiliary-weight", "auxiliary_weight", float,
      "auxiliary head loss weight, 0 = no head (default: the architecture's, e.g. 0.4)"),
     ("--drop-path", "drop_path", float, "final drop-path probability, ramped up from 0 "
      "(default: the architecture's)"),
+    ("--train-size", "train_size", int, "training images used, a seeded class-stratified "
+     "subset of what --val-size leaves (default: all)"),
     ("--val-size", "val_size", int, "training images held out for model selection "
      "(default 1000)"),
     ("--val-steps", "val_steps", int, "PGD steps of the validation attack (default 10)"),

@@ -32,15 +32,18 @@ FORMAT = 1
 
 def model_spec(arch: str, num_classes: int, mean, std, *, cells: int | None = None,
                channels: int | None = None, auxiliary_weight: float | None = None,
-               drop_path: float | None = None) -> dict[str, Any]:
+               drop_path: float | None = None, width: int | None = None) -> dict[str, Any]:
     """The spec of `arch` (baseline name, architecture file or built-in cell) sized for a dataset."""
     name = baseline_name(arch) if not Path(arch).is_file() else None
     if name is not None:
         if cells is not None or channels is not None or auxiliary_weight or drop_path:
             raise DsaraError(f"{arch} is a baseline with a fixed layout; cells, channels, "
                              "auxiliary weight and drop-path apply to cell-based architectures")
-        return {"kind": "baseline", "name": name, "num_classes": int(num_classes),
+        spec = {"kind": "baseline", "name": name, "num_classes": int(num_classes),
                 "mean": list(mean), "std": list(std)}
+        return spec if width is None else {**spec, "width": int(width)}
+    if width is not None:
+        raise DsaraError(f"width applies to baselines; {arch} is a cell network: give channels")
     a = _resolve(arch).resized(cells, channels)
     m = a.macro
     macro = dataclasses.replace(
@@ -62,7 +65,8 @@ def _resolve(arch: str) -> Architecture:
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     if spec.get("kind") == "baseline":
-        return build_baseline(spec["name"], spec["num_classes"], spec["mean"], spec["std"])
+        return build_baseline(spec["name"], spec["num_classes"], spec["mean"], spec["std"],
+                              width=spec.get("width"))
     if spec.get("kind") == "architecture":
         a = Architecture.from_dict(spec["architecture"], "checkpoint architecture")
         return Network(a.genotype, a.macro)
@@ -71,7 +75,8 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 def spec_label(spec: dict[str, Any]) -> str:
     if spec.get("kind") == "baseline":
-        return f"baseline {spec['name']}"
+        return f"baseline {spec['name']}" + (f" (width {spec['width']})" if "width" in spec
+                                            else "")
     m = spec.get("architecture", {}).get("macro", {})
     return f"architecture {spec.get('name') or '?'} ({m.get('C')} channels, " \
            f"{sum(s['depth'] for s in m.get('stages', [])) + len(m.get('stages', [])) - 1} cells)"
@@ -139,7 +144,7 @@ def load_model(ckpt: dict[str, Any], where: str, expected: dict[str, Any] | None
 def _spec_key(spec: dict[str, Any]) -> Any:
     """What must match for weights to belong to a model: everything but normalization stats."""
     if spec.get("kind") == "baseline":
-        return ("baseline", spec.get("name"), spec.get("num_classes"))
+        return ("baseline", spec.get("name"), spec.get("num_classes"), spec.get("width"))
     macro = dict(spec.get("architecture", {}).get("macro", {}))
     for k in ("mean", "std", "drop_path", "auxiliary_weight"):
         macro.pop(k, None)

@@ -69,6 +69,9 @@ class TrainConfig:
     beta: float = 6.0  # TRADES / MART regularizer weight
     cells: int | None = None  # total cells of a cell network; None: the architecture's
     channels: int | None = None  # initial channels C of a cell network; None: the architecture's
+    width: int | None = None  # first-stage channels of a baseline; None: its published width
+    params: int | None = None  # parameter budget: picks channels (or width) nearest to it
+    train_size: int | None = None  # training images used (seeded, class-stratified); None: all
     auxiliary_weight: float | None = None  # auxiliary-head CE weight; None: the architecture's
     drop_path: float | None = None  # final drop-path probability (ramped from 0); None: arch's
     val_size: int = 1000  # train images held out for model selection (~, per-class rounding)
@@ -136,6 +139,10 @@ class TrainConfig:
                                                       f"size >= 0, got {self.steps}, "
                                                       f"{self.step_size}"),
             (self.val_size >= 1, f"val_size must be >= 1 image, got {self.val_size}"),
+            (self.train_size is None or self.train_size >= 1,
+             f"train_size must be >= 1 image, got {self.train_size}"),
+            (self.params is None or (self.channels is None and self.width is None),
+             "give a parameter budget or channels / width, not both: the budget picks them"),
             (self.val_steps >= 0, f"val_steps must be >= 0, got {self.val_steps}"),
             (min(self.momentum, self.weight_decay, self.grad_clip, self.beta) >= 0,
              "momentum, weight_decay, grad_clip and beta must be >= 0, got "
@@ -193,7 +200,20 @@ def load_data(cfg: TrainConfig):
         raise DsaraError(f"val_size {cfg.val_size} must be smaller than the training set "
                          f"({len(train)} images)")
     fit, val = split_train(train, arch_fraction=cfg.val_size / len(train), seed=cfg.seed)
+    if cfg.train_size is not None and cfg.train_size < len(fit):
+        _, fit = split_train(fit, arch_fraction=cfg.train_size / len(fit), seed=cfg.seed)
     return fit, val, test, info
+
+
+def fit_to_budget(cfg: TrainConfig, num_classes: int, log: Callable[[str], None]) -> TrainConfig:
+    """The config with channels (cell networks) or width (baselines) picked by its budget."""
+    if cfg.params is None:
+        return cfg
+    from ..budget import fit_budget
+
+    fit = fit_budget(cfg.arch, cfg.params, cells=cfg.cells, num_classes=num_classes)
+    log(f"parameter budget: {fit.describe()}")
+    return dataclasses.replace(cfg, **{fit.knob: fit.value})
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
@@ -330,11 +350,12 @@ def run(config: TrainConfig, max_epochs: int | None = None,
     run_dir = Path(cfg.out)
     device = torch.device(cfg.device)
     fit, val, test, info = load_data(cfg)
+    cfg = fit_to_budget(cfg, info.num_classes, log)
     previous = _previous(run_dir, cfg)
     # a resumed run rebuilds its model from the checkpoint, not from a file that may have moved
     spec = previous["model_spec"] if previous else model_spec(
         cfg.arch, info.num_classes, info.mean, info.std, cells=cfg.cells, channels=cfg.channels,
-        auxiliary_weight=cfg.auxiliary_weight, drop_path=cfg.drop_path)
+        width=cfg.width, auxiliary_weight=cfg.auxiliary_weight, drop_path=cfg.drop_path)
     torch.manual_seed(epoch_seed(cfg.seed, -1, 0))  # weight init
     model = build_from_spec(spec).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
@@ -400,6 +421,10 @@ def config_from_dict(raw: dict[str, Any], where: str = "train config") -> TrainC
     for key in ("eps", "step_size"):
         if d.get(key) is not None:
             d[key] = parse_eps(d[key])
+    if d.get("params") is not None:
+        from ..budget import parse_params
+
+        d["params"] = parse_params(d["params"])
     if isinstance(d.get("milestones"), str):
         try:
             d["milestones"] = [float(m) for m in d["milestones"].split(",") if m.strip()]
