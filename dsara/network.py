@@ -133,7 +133,7 @@ class Network(nn.Module):
         aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if i == self.aux_index and self.training:
+            if i == self.aux_index and self.training and return_aux:  # attacks never need it
                 aux = self.auxiliary_head(s1)
         logits = self.classifier(self.pool(s1).flatten(1))
         return (logits, aux) if return_aux else logits

@@ -60,6 +60,9 @@ OPTIONS = [
      "falls by more than this fraction in one epoch (default 0.2)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N (default auto)"),
+    ("--precision", "precision", str, "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16; "
+     "validation and evaluation always run fp32"),
+    ("--channels-last", "channels_last", str, "auto (on CUDA) | on | off"),
 ]
 SYNTHETIC = [
     ("--synthetic-train", "n_train", "synthetic training images (default 2048)"),

@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from ..archfile import Architecture, provenance, save_architecture
 from ..data import Loader, SyntheticConfig, load_dataset, split_train
-from ..device import resolve_device
+from ..device import resolve_device, use_bf16, use_channels_last
 from ..errors import DsaraError, Interrupted
 from ..genotype import Genotype
 from ..space import SearchSpace, load_space
@@ -72,7 +72,7 @@ class Search:
         train, _, self.info = load_dataset(cfg.dataset, cfg.data_root, cfg.download,
                                            synthetic=synthetic)
         w_train, a_val = split_train(train, cfg.arch_fraction, cfg.data_seed)
-        cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
+        cl = use_channels_last(cfg.channels_last, self.device)
         shard = {"rank": dist.rank, "world_size": dist.world_size}  # batch_size is global
         self.train = Loader(w_train, cfg.batch_size, shuffle=True, augment=True,
                             device=self.device, seed=cfg.seed, channels_last=cl, **shard)
@@ -97,7 +97,7 @@ class Search:
                                       **opt_kw)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs,
                                                                 eta_min=cfg.lr_min)
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+        bf16 = use_bf16(cfg.precision, self.device)
         self.amp = lambda: torch.autocast(self.device.type, torch.bfloat16, enabled=bf16)
         self.steps = min(len(self.train), len(self.val), cfg.max_steps or math.inf)
 

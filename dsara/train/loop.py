@@ -17,6 +17,7 @@ collapse) is the result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,14 +33,15 @@ from torch import nn
 
 from ..attacks import parse_eps, pgd
 from ..data import DATASETS, Loader, SyntheticConfig, load_dataset, split_train
-from ..device import resolve_device
+from ..device import LAYOUTS, PRECISIONS, resolve_device, use_bf16, use_channels_last
 from ..errors import DsaraError
 from ..files import write_json_atomic
 from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
-from .losses import METHODS, AdvParams, get_method
+from .losses import METHODS, AdvParams, Terms, get_method
 from .methods import method_options, prepare_loader, resolve_options
 
 SCHEDULES = ("piecewise", "cosine")
+_LEGACY = {"precision": "fp32", "channels_last": "off"}  # what runs did before these fields
 _KINDS = {"str": (str, os.PathLike), "bool": (bool,), "int": (int,), "float": (int, float)}
 
 
@@ -80,6 +82,11 @@ class TrainConfig:
     augment: bool = True  # pad-4 random crop + horizontal flip
     seed: int = 0
     device: str = "cpu"  # auto | cpu | cuda | cuda:N
+    # bf16 autocast with fp32 master weights for the training forward/backward and the inner
+    # attack; auto = bf16 on CUDA, fp32 on CPU (measured slower there: docs/speed.md). Validation
+    # and `dsara evaluate` always run fp32.
+    precision: str = "auto"  # auto | fp32 | bf16; config.json records the resolved value
+    channels_last: str = "auto"  # auto (on CUDA) | on | off; config.json records on | off
 
     def resolved(self) -> TrainConfig:
         """Fill method and model defaults and validate; the result is what config.json holds."""
@@ -95,6 +102,10 @@ class TrainConfig:
             grad_clip=(0.0 if baseline else 5.0) if self.grad_clip is None else self.grad_clip,
             method_options=resolve_options(self.method, self.method_options),
             device=str(resolve_device(self.device)))
+        if c.precision in PRECISIONS and c.channels_last in LAYOUTS:  # else validate() says so
+            dev = torch.device(c.device)
+            c.precision = "bf16" if use_bf16(c.precision, dev) else "fp32"
+            c.channels_last = "on" if use_channels_last(c.channels_last, dev) else "off"
         c.validate()
         return c
 
@@ -147,6 +158,10 @@ class TrainConfig:
             (min(self.momentum, self.weight_decay, self.grad_clip, self.beta) >= 0,
              "momentum, weight_decay, grad_clip and beta must be >= 0, got "
              f"{self.momentum}, {self.weight_decay}, {self.grad_clip}, {self.beta}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, "
+                                           f"got {self.precision!r}"),
+            (self.channels_last in LAYOUTS, f"channels_last must be one of {', '.join(LAYOUTS)}, "
+                                            f"got {self.channels_last!r}"),
             (0 < self.overfit_guard <= 1, "overfit_guard is an accuracy drop in (0, 1], got "
                                           f"{self.overfit_guard}"),
         ]
@@ -217,8 +232,10 @@ def fit_to_budget(cfg: TrainConfig, num_classes: int, log: Callable[[str], None]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
+    # fused kernels on CUDA (one launch per step), the multi-tensor path elsewhere
+    fast = {"fused": True} if torch.device(cfg.device).type == "cuda" else {"foreach": True}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+                          weight_decay=cfg.weight_decay, **fast)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(cfg, e))
 
 
@@ -241,19 +258,35 @@ def validate(model: nn.Module, loader: Loader, cfg: TrainConfig) -> dict[str, fl
     return {"val_clean": clean.item() / n, "val_robust": robust.item() / n}
 
 
+def autocast(cfg: TrainConfig):
+    """The autocast context of the training forward passes and the inner attack."""
+    device = torch.device(cfg.device)
+    return torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(cfg.precision, device))
+
+
+def train_step(model, x, y, method, params: AdvParams, optimizer, grad_clip: float, generator,
+               amp: Callable = contextlib.nullcontext) -> tuple[torch.Tensor, Terms]:
+    """One SGD step of `method` on the batch (x, y): attack and forward under `amp`, backward
+    outside it; no host sync (the loss and terms stay on the device)."""
+    with amp():
+        loss, terms = method(model, x, y, params, generator=generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+    optimizer.step()
+    return loss.detach(), terms
+
+
 def train_epoch(model, loader: Loader, epoch: int, method, params: AdvParams, optimizer,
-                grad_clip: float, generator) -> dict[str, float]:
+                grad_clip: float, generator, amp: Callable = contextlib.nullcontext
+                ) -> dict[str, float]:
     """One epoch of adversarial training; returns the mean loss and the mean of each term."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
     for x, y in loader.epoch(epoch):
-        loss, terms = method(model, x, y, params, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        for k, v in {"loss": loss.detach(), **terms}.items():
+        loss, terms = train_step(model, x, y, method, params, optimizer, grad_clip, generator, amp)
+        for k, v in {"loss": loss, **terms}.items():
             sums[k] = sums.get(k, 0) + v.float()
     means = {k: v.item() / len(loader) for k, v in sums.items()}
     if not math.isfinite(means["loss"]):
@@ -289,6 +322,9 @@ def _restore(ckpt: dict[str, Any] | None, model, optimizer, scheduler) -> dict[s
 def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
     now = cfg.to_dict()
     ignore = {"out", "device", "data_root"}  # a moved dataset does not block a resume
+    # a run written before a field existed ran with that field's legacy value; the device is
+    # ignored, but a device-type change shows up as a change of the resolved precision / layout
+    saved = {**_LEGACY, **saved}
     diff = sorted(k for k in now if k not in ignore and saved.get(k) != now[k])
     if not diff:
         return
@@ -357,7 +393,9 @@ def run(config: TrainConfig, max_epochs: int | None = None,
         cfg.arch, info.num_classes, info.mean, info.std, cells=cfg.cells, channels=cfg.channels,
         width=cfg.width, auxiliary_weight=cfg.auxiliary_weight, drop_path=cfg.drop_path)
     torch.manual_seed(epoch_seed(cfg.seed, -1, 0))  # weight init
-    model = build_from_spec(spec).to(device)
+    cl = cfg.channels_last == "on"
+    model = build_from_spec(spec).to(device, memory_format=torch.channels_last if cl
+                                     else torch.contiguous_format)
     optimizer, scheduler = make_optimizer(model, cfg)
     state = _restore(previous, model, optimizer, scheduler)
     _repair_best(run_dir, previous, state)
@@ -382,7 +420,7 @@ def run(config: TrainConfig, max_epochs: int | None = None,
         model.drop_path_prob = final_drop_path * epoch / cfg.epochs
         lr = optimizer.param_groups[0]["lr"]
         train_terms = train_epoch(model, loader, epoch, method, params, optimizer,
-                                  cfg.grad_clip, gen)
+                                  cfg.grad_clip, gen, amp=lambda: autocast(cfg))
         scheduler.step()
         record = {"epoch": epoch + 1, "lr": lr, "train": train_terms,
                   **validate(model, val_loader, cfg)}

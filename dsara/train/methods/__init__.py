@@ -85,7 +85,8 @@ def prepare_loader(cfg, model, fit, val, test, epochs_done: int, log):
     if cfg.unlabeled or cfg.teacher:
         raise DsaraError(f"--unlabeled and --teacher are for mart-ss (both) and ladder "
                          f"(--teacher), not for {cfg.method}")
-    return Loader(fit, cfg.batch_size, augment=cfg.augment, device=cfg.device, seed=cfg.seed)
+    return Loader(fit, cfg.batch_size, augment=cfg.augment, device=cfg.device, seed=cfg.seed,
+                  channels_last=cfg.channels_last == "on")
 
 
 __all__ = ["OPTIONS", "SETUPS", "method_options", "prepare_loader", "resolve_options"]
