@@ -15,6 +15,13 @@ classified correctly under every attack asked for (worst case per sample). All a
     so-krylov   [recon] second-order attack: 10 steps of eps/4 along sign(d), d from 5 CG
                 iterations on input Hessian-vector products (`dsara.krylov`), random start
 
+Attacks that need more than the model are built by `dsara.suite.Suite` and passed to `evaluate` as
+`attack_fns` (the registry holds placeholders that say what they need):
+
+    transfer-mifgsm, transfer-pgd   crafted on surrogate models (`dsara.transfer`)
+    ai-gan             [recon] a generator trained against the model (`dsara.aigan`)
+    squeeze-adaptive   [recon] PGD against the model and the feature-squeezing detector jointly
+
 `sanity_checks` runs the checks of Carlini et al., "On Evaluating Adversarial Robustness" (2019):
 eps = 0 gives clean accuracy, accuracy does not rise with eps or with steps, a large eps drives it
 to about zero, and multi-step PGD is not weaker than FGSM.
@@ -69,6 +76,12 @@ def _so_krylov(model, x, y, eps, gen, config: KrylovConfig = KrylovConfig()):
     return so_krylov(model, x, y, eps, config, generator=gen)
 
 
+def _needs(name: str, what: str) -> AttackFn:
+    def attack(model, x, y, eps, gen):
+        raise DsaraError(f"the {name} attack needs {what}")
+    return attack
+
+
 def _import_autoattack():
     """(AutoAttack class, True if it is the `pyautoattack` package API)."""
     try:
@@ -109,6 +122,10 @@ ATTACKS: dict[str, AttackFn] = {
     "cw": partial(_pgd, steps=30, loss_fn=cw_margin),
     "autoattack": _autoattack,
     "so-krylov": _so_krylov,
+    "transfer-mifgsm": _needs("transfer-mifgsm", "surrogate models: --surrogate RUN_DIR[,...]"),
+    "transfer-pgd": _needs("transfer-pgd", "surrogate models: --surrogate RUN_DIR[,...]"),
+    "ai-gan": _needs("ai-gan", "a generator trained against the model (dsara.suite.Suite)"),
+    "squeeze-adaptive": _needs("squeeze-adaptive", "the squeeze detector: --detect squeeze"),
 }
 
 
@@ -142,16 +159,17 @@ class EvalReport:
     worst_case: float  # fraction correct under every attack asked for
     seconds: dict[str, float] = field(default_factory=dict)  # attack -> wall time
     meta: dict[str, Any] = field(default_factory=dict)  # model, checkpoint, dataset, device
+    details: dict[str, Any] = field(default_factory=dict)  # dsara.suite: surrogates, detection
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mode": "eval", "dtype": "float32"}
 
     def table(self) -> str:
         head = (f"eps = {self.eps:.5f} ({self.eps * 255:.2f}/255), n = {self.n}, eval mode, fp32")
-        rows = [f"{'attack':<12} {'accuracy':>9} {'time':>9}"]
-        rows += [f"{name:<12} {100 * acc:>8.2f}% {self.seconds.get(name, 0):>8.1f}s"
+        rows = [f"{'attack':<17} {'accuracy':>9} {'time':>9}"]
+        rows += [f"{name:<17} {100 * acc:>8.2f}% {self.seconds.get(name, 0):>8.1f}s"
                  for name, acc in self.accuracy.items()]
-        rows.append(f"{'worst case':<12} {100 * self.worst_case:>8.2f}%")
+        rows.append(f"{'worst case':<17} {100 * self.worst_case:>8.2f}%")
         return "\n".join([head, *rows])
 
 
@@ -163,8 +181,10 @@ def _correct_under(model, attack: AttackFn, x, y, eps, gen) -> torch.Tensor:
 
 def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: float, *,
              batch_size: int = 256, device: str | torch.device = "cpu", seed: int = 0,
-             meta: dict[str, Any] | None = None) -> EvalReport:
-    """Accuracy under each attack and worst case per sample, over all of `data`."""
+             meta: dict[str, Any] | None = None,
+             attack_fns: dict[str, AttackFn] | None = None) -> EvalReport:
+    """Accuracy under each attack and worst case per sample, over all of `data`; `attack_fns`
+    replaces registry entries by name (attacks built for this evaluation: dsara.suite)."""
     names = parse_attacks(list(attacks))
     device = resolve_device(device)
     model = prepare_for_eval(model).to(device)
@@ -176,7 +196,8 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
         gen = torch.Generator(loader.device).manual_seed(seed + i)
         t0 = time.perf_counter()
         for x, y in loader.epoch(0):
-            correct[name].append(_correct_under(model, ATTACKS[name], x, y, eps, gen))
+            attack = (attack_fns or {}).get(name) or ATTACKS[name]
+            correct[name].append(_correct_under(model, attack, x, y, eps, gen))
         seconds[name] = time.perf_counter() - t0
     per_sample = {k: torch.cat(v) for k, v in correct.items()}
     worst = torch.stack(list(per_sample.values())).all(0)

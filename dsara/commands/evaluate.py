@@ -13,6 +13,7 @@ from ..data import SyntheticConfig, load_dataset
 from ..device import resolve_device
 from ..evaluate import ATTACKS, evaluate, load_trained, parse_attacks, sanity_checks, sanity_table
 from ..files import write_json_atomic
+from ..suite import CONFIGS, DETECTORS, Suite, SuiteOptions, details_table, parse_attack_sets
 from .train import add_dataset_options
 
 DEFAULT_ATTACKS = "clean,fgsm,pgd20,pgd100,cw"
@@ -43,6 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
     p.add_argument("--json", metavar="FILE", help="report path (default: evaluation.json beside "
                    "the checkpoint)")
+    p.add_argument("--surrogate", metavar="RUN_DIR[,RUN_DIR...]", help="surrogate models of "
+                   "the transfer-mifgsm / transfer-pgd attacks (logits averaged over them)")
+    p.add_argument("--detect", choices=DETECTORS, help="also evaluate a detector: squeeze = "
+                   "feature squeezing (bit depth, median, NL-means with OpenCV), threshold at "
+                   "5%% FPR on the run's held-out clean training images; adds the adaptive "
+                   "attacker squeeze-adaptive [recon]")
+    p.add_argument("--attack-set", action="append", default=[], metavar="GROUP.KEY=VALUE",
+                   help=f"an attack constant, repeatable; groups {', '.join(CONFIGS)}; e.g. "
+                   "so-krylov.iters=5 so-krylov.solver=minres (cg|minres|gmres) "
+                   "so-krylov.steps=10 transfer.mu=1.0 transfer.iters=10 "
+                   "transfer.labels=predicted ai-gan.lam=1.0 ai-gan.gamma=10 "
+                   "ai-gan.c_fraction=0.5 ai-gan.stage2_epochs=3 squeeze.bits=5 squeeze.median=2 "
+                   "squeeze.nlmeans=auto squeeze.fpr=0.05. so-krylov, ai-gan's lam/gamma/c and "
+                   "the adaptive attacker are reconstructions [recon]; see the README")
     p.add_argument("--sanity", action="store_true", help="also run the evaluation sanity checks; "
                    "exit status 1 if one fails")
     p.add_argument("--sanity-n", type=int, default=500, help="test images used by the sanity "
@@ -67,6 +82,25 @@ def test_split(args, config: dict):
     return test, info
 
 
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def train_parts(args, config: dict):
+    """(fit part, held-out part) of the run's training split, as `dsara train` divided it."""
+    import dataclasses
+
+    from ..train.loop import TrainConfig, load_data
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {k: v for k, v in config.items() if k in known}
+    for key in ("dataset", "data_root"):
+        if getattr(args, key, None):
+            fields[key] = getattr(args, key)
+    fit, held_out, _, _ = load_data(TrainConfig(**fields))
+    return fit, held_out
+
+
 def cmd_evaluate(args) -> int:
     eps = parse_eps(args.eps)
     attacks = parse_attacks(args.attacks)
@@ -77,9 +111,16 @@ def cmd_evaluate(args) -> int:
     meta = {"checkpoint": str(path), "model": ckpt.get("model_spec", {}).get("name"),
             "epoch": ckpt.get("epoch"), "dataset": info.name, "split": "test",
             "train_method": config.get("method")}
-    report = evaluate(model, test, attacks, eps, batch_size=args.batch_size, device=device,
-                      seed=args.seed, meta=meta)
+    options = SuiteOptions(surrogates=_split(args.surrogate), detect=args.detect,
+                           configs=parse_attack_sets(args.attack_set), cache_dir=path.parent)
+    suite = Suite(model.eval().float().to(device), attacks, eps, test, options,
+                  lambda: train_parts(args, config), device=device, batch_size=args.batch_size)
+    report = evaluate(model, test, suite.names, eps, batch_size=args.batch_size, device=device,
+                      seed=args.seed, meta=meta, attack_fns=suite.attack_fns(ATTACKS))
+    report.details = suite.finish()
     print(report.table())
+    if report.details:
+        print(details_table(report.details))
     out = report.to_dict()
     failed = False
     if args.sanity:
