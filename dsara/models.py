@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from torch import nn
@@ -14,26 +15,25 @@ from .network import Network
 
 def build_model(arch: str | Path | Architecture, *, cells: int | None = None,
                 channels: int | None = None, num_classes: int | None = None,
-                auxiliary: bool | None = None) -> nn.Module:
+                auxiliary: bool | None = None, activation=None) -> nn.Module:
     """Build a discrete network from an architecture file, an `Architecture`, a built-in cell, or
     a baseline name (``resnet18``, ``wrn34_10``, ... see `dsara.baselines.BASELINES`).
 
     `cells` / `channels` resize the layout (equal stages: reductions at L//3 and 2L//3, as DARTS;
     unequal stages: normal cells in proportion to their depths); `num_classes` replaces the
-    classifier size; `auxiliary=False` drops the auxiliary head.
+    classifier size; `auxiliary=False` drops the auxiliary head; `activation` ("relu", "swish",
+    "sparta" or a table per cell type) replaces the cells' activation (see `dsara.activations`).
     """
     if isinstance(arch, str) and baseline_name(arch) and not Path(arch).is_file():
-        if cells is not None or channels is not None or auxiliary:
+        if cells is not None or channels is not None or auxiliary or activation is not None:
             raise DsaraError(f"{arch} is a baseline with a fixed layout; cells, channels and an "
-                             "auxiliary head apply to cell-based architectures only")
+                             "auxiliary head or an activation apply to cell-based architectures "
+                             "only")
         return build_baseline(arch, 10 if num_classes is None else num_classes)
     a = resolve_architecture(arch).resized(cells, channels)
-    macro = a.macro
-    if num_classes is not None or auxiliary is not None:
-        import dataclasses
-
-        macro = dataclasses.replace(
-            macro,
-            num_classes=macro.num_classes if num_classes is None else int(num_classes),
-            auxiliary_weight=0.0 if auxiliary is False else macro.auxiliary_weight)
+    macro = dataclasses.replace(
+        a.macro,
+        num_classes=a.macro.num_classes if num_classes is None else int(num_classes),
+        auxiliary_weight=0.0 if auxiliary is False else a.macro.auxiliary_weight,
+        activation=a.macro.activation if activation is None else activation)
     return Network(a.genotype, macro)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .activations import Act, relu
+from .errors import DsaraError
 from .genotype import CellGenotype
 from .ops import FactorizedReduce, Identity, ReLUConvBN, make_op
 from .space import Macro
@@ -32,11 +34,12 @@ def stem(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.BatchNorm2d(out_channels))
 
 
-def preprocess(C_pp: int, C_p: int, C: int, reduction_prev: bool, affine: bool):
+def preprocess(C_pp: int, C_p: int, C: int, reduction_prev: bool, affine: bool,
+               act: Act = relu):
     """Bring the two cell inputs to C channels at the same resolution (DARTS)."""
-    pre0 = (FactorizedReduce(C_pp, C, affine) if reduction_prev
-            else ReLUConvBN(C_pp, C, 1, 1, 0, affine))
-    return pre0, ReLUConvBN(C_p, C, 1, 1, 0, affine)
+    pre0 = (FactorizedReduce(C_pp, C, affine, act) if reduction_prev
+            else ReLUConvBN(C_pp, C, 1, 1, 0, affine, act))
+    return pre0, ReLUConvBN(C_p, C, 1, 1, 0, affine, act)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -48,12 +51,12 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 class Cell(nn.Module):
     def __init__(self, genotype: CellGenotype, C_pp: int, C_p: int, C: int, reduction: bool,
-                 reduction_prev: bool):
+                 reduction_prev: bool, act: Act = relu):
         super().__init__()
         self.reduction = reduction
-        self.pre0, self.pre1 = preprocess(C_pp, C_p, C, reduction_prev, affine=True)
+        self.pre0, self.pre1 = preprocess(C_pp, C_p, C, reduction_prev, affine=True, act=act)
         self.ops = nn.ModuleList(
-            make_op(op, C, 2 if reduction and src < 2 else 1, affine=True)
+            make_op(op, C, 2 if reduction and src < 2 else 1, affine=True, act=act)
             for op, src in genotype.edges)
         self.inputs = [src for _, src in genotype.edges]
         self.concat = list(genotype.concat)
@@ -100,6 +103,20 @@ def auxiliary_index(plan: list) -> int:
     return reductions[-1] if reductions else 2 * len(plan) // 3
 
 
+def activation_factories(macro: Macro) -> dict[str, Act]:
+    """The one activation of every cell type of a discrete network."""
+    from .activations import factory
+
+    out = {}
+    for cell_type, names in macro.activations().items():
+        if len(names) != 1:
+            raise DsaraError(f"the {cell_type} cells have activation candidates {list(names)}; "
+                             "a discrete network needs one activation per cell type (a search "
+                             "chooses it; set activation to one name)")
+        out[cell_type] = factory(names[0], macro.activation_options)
+    return out
+
+
 class Network(nn.Module):
     """A discrete network: `Macro` layout + `Genotype` cells."""
 
@@ -117,9 +134,10 @@ class Network(nn.Module):
         self.aux_index = auxiliary_index(plan) if macro.auxiliary_weight > 0 else -1
         self.cells = nn.ModuleList()
         self.auxiliary_head = None
+        acts = activation_factories(macro)
         for i, spec in enumerate(plan):
             cell = Cell(genotype[spec.cell_type], C_pp, C_p, spec.C, spec.reduction,
-                        reduction_prev)
+                        reduction_prev, acts[spec.cell_type])
             self.cells.append(cell)
             C_pp, C_p, reduction_prev = C_p, cell.multiplier * spec.C, spec.reduction
             if i == self.aux_index:

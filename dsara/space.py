@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import activations
 from .config import Fields, apply_overrides, read_toml
 from .errors import DsaraError
 from .ops import OPS, check_op
@@ -76,6 +77,9 @@ class Macro:
     drop_path: float = 0.0  # final drop-path probability (ramped up over training)
     mean: tuple[float, ...] = CIFAR10_MEAN  # per-channel input normalization, inside the model
     std: tuple[float, ...] = CIFAR10_STD
+    # per cell type: a name, a table of names, or (a supernet's) candidates; see dsara.activations
+    activation: Any = activations.DEFAULT
+    activation_options: Any = None  # {activation: {option: value}}, e.g. {"sparta": {"kernel": 5}}
 
     @property
     def cells(self) -> int:
@@ -98,6 +102,10 @@ class Macro:
         """Cell types used by this layout, in order of first use."""
         return list(dict.fromkeys(c.cell_type for c in self.cell_plan()))
 
+    def activations(self) -> dict[str, tuple[str, ...]]:
+        """Activation candidates per cell type (one name each in a discrete network)."""
+        return activations.resolve(self.activation, self.cell_types(), "macro activation")
+
     def resized(self, cells: int | None = None, channels: int | None = None) -> Macro:
         """The same layout with another total cell count and/or C."""
         out = self
@@ -115,6 +123,12 @@ class Macro:
         d = dataclasses.asdict(self)
         d["stages"] = [dataclasses.asdict(s) for s in self.stages]
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        # left out at their defaults, so that files and checkpoint specs of ReLU networks read
+        # exactly as before the activation setting existed
+        if d["activation"] == activations.DEFAULT:
+            del d["activation"]
+        if not d["activation_options"]:
+            del d["activation_options"]
         return d
 
     @classmethod
@@ -137,10 +151,14 @@ class Macro:
                             hint="must be in [0, 1)"),
             mean=tuple(f.get("mean", list, list(CIFAR10_MEAN))),
             std=tuple(f.get("std", list, list(CIFAR10_STD))),
+            activation=f.get("activation", (str, list, dict), activations.DEFAULT),
+            activation_options=activations.check_options(
+                f.get("activation_options", dict, None), where) or None,
         )
         f.finish()
         if not stages:
             raise DsaraError(f"{where}: stages is empty; a network needs at least one stage")
+        macro.activations()  # names and cell types are valid
         return macro
 
 
@@ -210,6 +228,8 @@ class SearchSpace:
     drop_path: float = 0.2
     description: str = ""
     source: str = ""
+    activation: Any = activations.DEFAULT  # name, candidates, or a table per cell type
+    activation_options: dict | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
     def macro(self, C: int, cells: int | None, *, auxiliary_weight: float = 0.0,
@@ -218,7 +238,8 @@ class SearchSpace:
         base = Macro(C=C, stages=tuple(self.stages), reduce_cell_type=self.reduce_cell_type,
                      stem_multiplier=self.stem_multiplier, nodes=self.nodes,
                      num_classes=num_classes, auxiliary_weight=auxiliary_weight,
-                     drop_path=drop_path, mean=tuple(mean), std=tuple(std))
+                     drop_path=drop_path, mean=tuple(mean), std=tuple(std),
+                     activation=self.activation, activation_options=self.activation_options)
         return base.resized(cells=cells)
 
     def proxy_macro(self, **kw) -> Macro:
@@ -317,11 +338,14 @@ def space_from_dict(raw: Mapping, where: str = "search space") -> SearchSpace:
         drop_path=final.get("drop_path", float, 0.2, check=lambda v: 0 <= v < 1,
                             hint="must be in [0, 1)"),
         source=where,
+        activation=f.get("activation", (str, list, dict), activations.DEFAULT),
+        activation_options=activations.check_options(f.get("activation_options", dict, None),
+                                                     where) or None,
         raw=dict(raw),
     )
     for fields in (proxy, final, f):
         fields.finish()
-    space.proxy_macro()  # sizes must be buildable: fails early with the reason
+    space.proxy_macro().activations()  # sizes and activations must be buildable: fails early
     space.final_macro()
     return space
 

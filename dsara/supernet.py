@@ -7,9 +7,12 @@ from the weights by `arch_parameters()` / `weight_parameters()` (separate optimi
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
+from .activations import Act, compact, factory, mixed_factory, relu
 from .genotype import Genotype, derive, n_edges
 from .network import Normalize, preprocess, stem
 from .ops import POOLS, make_op
@@ -25,14 +28,14 @@ class MixedOp(nn.Module):
     """sum_k w_k * op_k(x). With partial_k > 1 only C/K channels go through the ops (PC-DARTS);
     the rest bypass them (max-pooled at stride 2) and the channels are shuffled back together."""
 
-    def __init__(self, C: int, stride: int, ops: list[str], partial_k: int = 1):
+    def __init__(self, C: int, stride: int, ops: list[str], partial_k: int = 1, act: Act = relu):
         super().__init__()
         self.k, self.stride = partial_k, stride
         C_op = C // partial_k
         self.ops = nn.ModuleList(
             nn.Sequential(make_op(name, C_op, stride, affine=False),
                           nn.BatchNorm2d(C_op, affine=False)) if name in POOLS
-            else make_op(name, C_op, stride, affine=False)
+            else make_op(name, C_op, stride, affine=False, act=act)
             for name in ops)
         self.bypass = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
 
@@ -47,12 +50,12 @@ class MixedOp(nn.Module):
 
 class SearchCell(nn.Module):
     def __init__(self, nodes: int, C_pp: int, C_p: int, C: int, reduction: bool,
-                 reduction_prev: bool, ops: list[str], partial_k: int = 1):
+                 reduction_prev: bool, ops: list[str], partial_k: int = 1, act: Act = relu):
         super().__init__()
         self.nodes = nodes
-        self.pre0, self.pre1 = preprocess(C_pp, C_p, C, reduction_prev, affine=False)
+        self.pre0, self.pre1 = preprocess(C_pp, C_p, C, reduction_prev, affine=False, act=act)
         self.edges = nn.ModuleList(
-            MixedOp(C, 2 if reduction and src < 2 else 1, ops, partial_k)
+            MixedOp(C, 2 if reduction and src < 2 else 1, ops, partial_k, act)
             for node in range(nodes) for src in range(node + 2))
 
     def forward(self, s0, s1, weights):  # weights (edges, ops)
@@ -72,6 +75,7 @@ class Supernet(nn.Module):
         if partial_k < 1:
             raise ValueError(f"partial_k must be >= 1, got {partial_k}")
         self.macro, self.ops = macro, list(ops)
+        acts = self._activations(macro, alpha_init_std)
         self.normalize = Normalize(macro.mean, macro.std)
         C_stem = macro.stem_multiplier * macro.C
         self.stem = stem(len(macro.mean), C_stem)
@@ -80,7 +84,8 @@ class Supernet(nn.Module):
         self.cell_types: list[str] = []
         for spec in macro.cell_plan():
             self.cells.append(SearchCell(macro.nodes, C_pp, C_p, spec.C, spec.reduction,
-                                         reduction_prev, self.ops, partial_k))
+                                         reduction_prev, self.ops, partial_k,
+                                         acts[spec.cell_type]))
             self.cell_types.append(spec.cell_type)
             C_pp, C_p, reduction_prev = C_p, macro.nodes * spec.C, spec.reduction
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -90,6 +95,26 @@ class Supernet(nn.Module):
         self.alphas = nn.ParameterDict({
             t: nn.Parameter(alpha_init_std * torch.randn(shape)) for t in macro.cell_types()})
 
+    def _activations(self, macro: Macro, init_std: float) -> dict[str, Act]:
+        """One activation per cell type; a cell type with several candidates gets a searched
+        mixture and its own architecture parameter (beta, in ``activation_alphas``)."""
+        self.activation_names = macro.activations()
+        self.activation_alphas = nn.ParameterDict({
+            t: nn.Parameter(init_std * torch.randn(len(names)))
+            for t, names in self.activation_names.items() if len(names) > 1})
+        return {t: mixed_factory(names, self.activation_alphas[t], macro.activation_options)
+                if len(names) > 1 else factory(names[0], macro.activation_options)
+                for t, names in self.activation_names.items()}
+
+    def derived_activation(self) -> dict[str, str]:
+        """The activation of every cell type: the fixed one, or the searched argmax."""
+        return {t: names[int(self.activation_alphas[t].argmax())] if len(names) > 1
+                else names[0] for t, names in self.activation_names.items()}
+
+    def derived_macro(self, macro: Macro) -> Macro:
+        """`macro` (e.g. the final size) with the derived activation in place of the candidates."""
+        return dataclasses.replace(macro, activation=compact(self.derived_activation()))
+
     def forward(self, x):
         weights = {t: torch.softmax(a.float(), dim=-1) for t, a in self.alphas.items()}
         s0 = s1 = self.stem(self.normalize(x))
@@ -98,7 +123,7 @@ class Supernet(nn.Module):
         return self.classifier(self.pool(s1).flatten(1))
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas.values())
+        return list(self.alphas.values()) + list(self.activation_alphas.values())
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}

@@ -49,7 +49,7 @@ def test_supernet_properties(space_name, size, batch, tmp_path):
 
     # genotype -> file -> genotype
     g = net.genotype()
-    arch = Architecture(g, space.final_macro())
+    arch = Architecture(g, net.derived_macro(space.final_macro()))  # a searched activation too
     back = load_architecture(save_architecture(arch, tmp_path / "arch.json"))
     assert back.genotype == g
 

@@ -157,6 +157,7 @@ class Search:
                            and not math.isnan(values["gamma"]) else None),
             "alpha_entropy": alpha_entropy(self.model),
             "param_free": {t: c.parameter_free() for t, c in genotype.cells.items()},
+            "activation": self.model.derived_activation(),
             "genotype": genotype.to_dict(),
             "genotype_text": genotype.to_text(),
             "epoch_time_s": seconds,
@@ -191,7 +192,8 @@ class Search:
                                        std=self.info.std)
         prov = provenance(source="search", space=self.space.name, epochs=epochs_done,
                           dataset=self.cfg.dataset, config=self.cfg.to_dict())
-        return Architecture(self.model.genotype(), macro, prov).validate()
+        # a searched activation becomes the derived one (the argmax of its beta per cell type)
+        return Architecture(self.model.genotype(), self.model.derived_macro(macro), prov).validate()
 
     def alphas(self) -> dict[str, list]:
         return {t: a.detach().float().cpu().tolist() for t, a in self.model.alphas.items()}
