@@ -113,8 +113,11 @@ def test_a_discrete_network_refuses_activation_candidates():
         dsara.build_model(arch, activation=["relu", "sparta"])
 
 
+SEARCHED = {"activation.accurate": ["relu", "swish", "sparta"]}
+
+
 def test_searched_activation_has_its_own_alpha_that_gets_a_gradient():
-    space = load_space("tiny_sparta")
+    space = load_space("tiny_sparta", overrides=SEARCHED)
     net = Supernet(space.proxy_macro(), space.ops)
     beta = net.activation_alphas["accurate"]
     assert set(net.activation_alphas) == {"accurate"} and beta.shape == (3,)
@@ -137,7 +140,7 @@ def test_searched_activation_has_its_own_alpha_that_gets_a_gradient():
 
 
 def test_a_search_over_activations_writes_the_derived_one(tmp_path):
-    cfg = SearchConfig(space="tiny_sparta", dataset="synthetic",
+    cfg = SearchConfig(space="tiny_sparta", space_overrides=SEARCHED, dataset="synthetic",
                        synthetic={"n_train": 32, "n_test": 16, "image_size": 8, "noise": 0.1},
                        epochs=1, stage1_epochs=1, batch_size=8, pgd_steps=1, step_size=4 / 255,
                        arch_lr=3e-2, max_steps=2, device="cpu", out=str(tmp_path / "s"))
