@@ -64,6 +64,13 @@ class SearchConfig:
     step_size: float = 2 / 255
     pgd_steps: int = 7
 
+    # the weight step: pgd-at (the authors') or any method of dsara.train.losses.METHODS that
+    # needs no run-level setup (not mart-ss, ladder); it crafts its own examples with the
+    # eps / step_size / pgd_steps above
+    weight_method: str = "pgd-at"
+    weight_method_options: dict[str, Any] = field(default_factory=dict)  # its method_options
+    weight_beta: float = 6.0  # TRADES / MART beta of the weight step
+
     # the two-stage objective
     lam: float = 0.1  # weight of the adversarial loss in stage 2 (reference lambda)
     combine: str = "mgda"  # mgda (min-norm of g_nat, lam * g_adv) | sum (ablation)
@@ -111,6 +118,9 @@ class SearchConfig:
         for ok, message in checks:
             if not ok:
                 raise DsaraError(message)
+        from .weight_method import check_weight_method
+
+        check_weight_method(self.weight_method, self.weight_method_options)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +147,7 @@ def default_stage1(epochs: int) -> int:
 
 
 _FLOATS = {"arch_fraction", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
-           "arch_weight_decay", "alpha_init_std", "lam"}
+           "arch_weight_decay", "alpha_init_std", "lam", "weight_beta"}
 _INTS = {"partial_k", "data_seed", "epochs", "batch_size", "seed", "pgd_steps"}
 
 
@@ -159,7 +169,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if name in ("download", "compile", "deterministic", "sync_bn"):
             if not isinstance(value, bool):
                 raise ValueError
-        if name in ("space_overrides", "synthetic") and not isinstance(value, dict):
+        if name in ("space_overrides", "synthetic", "weight_method_options") and \
+                not isinstance(value, dict):
             raise ValueError
     except (TypeError, ValueError):
         raise DsaraError(f"{where}: {name} = {value!r} has the wrong type") from None

@@ -126,12 +126,14 @@ class Search:
         device tensors (no host sync)."""
         cfg, model, d = self.cfg, self.net, self.dist
         (x_t, y_t), (x_v, y_v) = batch_t, batch_v
-        x_t_adv = adversarial(model, x_t, y_t, cfg, self.amp, d)
+        # the weight-train PGD batch feeds PGD-AT's weight step and the unrolled (second-order) step
+        x_t_adv = (adversarial(model, x_t, y_t, cfg, self.amp, d)
+                   if cfg.weight_method == "pgd-at" or cfg.order == "second" else None)
         x_v_adv = adversarial(model, x_v, y_v, cfg, self.amp, d)
         unrolled = (make_unrolled(self.model, x_t_adv, y_t, self.w_opt, cfg, self.amp, d)
                     if cfg.order == "second" else None)
         stats = arch_step(model, x_v, y_v, x_v_adv, stage, cfg, self.amp, self.a_opt, unrolled, d)
-        stats |= weight_step(model, x_t_adv, y_t, self.w_opt, cfg, self.amp, self.weights, d)
+        stats |= weight_step(model, x_t_adv, y_t, self.w_opt, cfg, self.amp, self.weights, d, x_t)
         return stats
 
     def record(self, epoch, stage, totals, lr, seconds) -> dict[str, Any]:
@@ -148,7 +150,8 @@ class Search:
             "stage": stage,
             "lr_w": lr,
             "train_loss_adv": values["train_loss_adv"] / n,
-            "train_acc_adv": values["train_correct_adv"] / (n * b),
+            "train_acc_adv": (values["train_correct_adv"] / (n * b)  # None: weight_method
+                              if "train_correct_adv" in values else None),  # made no PGD batch
             "val_clean_acc": values["val_correct_nat"] / (n * b),
             "val_pgd_acc": values["val_correct_adv"] / (n * b),
             "val_loss_nat": values["val_loss_nat"] / n,

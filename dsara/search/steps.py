@@ -19,6 +19,7 @@ from ..supernet import Supernet
 from .config import SearchConfig
 from .distributed import Dist
 from .mgda import combine, flat
+from .weight_method import method_loss
 
 Ctx = Callable[[], AbstractContextManager]
 ONE = Dist()  # a single process
@@ -45,10 +46,18 @@ def ce(model: Supernet, x, y, amp: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def weight_step(model: Supernet, x_adv, y, opt: torch.optim.Optimizer, cfg: SearchConfig,
-                amp: Ctx, weights: list[torch.nn.Parameter], dist: Dist = ONE
+                amp: Ctx, weights: list[torch.nn.Parameter], dist: Dist = ONE, x=None
                 ) -> dict[str, torch.Tensor]:
-    """SGD on the cross-entropy of PGD examples: the supernet is adversarially trained."""
+    """SGD on the cross-entropy of PGD examples: the supernet is adversarially trained. Another
+    cfg.weight_method trains on its own loss of the clean batch `x` (weight_method.py)."""
     opt.zero_grad(set_to_none=True)
+    if cfg.weight_method != "pgd-at":
+        loss = method_loss(model, x, y, cfg, amp)
+        loss.backward(inputs=weights)
+        dist.mean_grads_(weights)
+        torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip, foreach=True)
+        opt.step()
+        return {"train_loss_adv": loss.detach()}  # no PGD accuracy: no PGD batch was made
     loss, correct = ce(model, x_adv, y, amp)
     loss.backward(inputs=weights)  # alpha gets no gradient from the weight step
     dist.mean_grads_(weights)  # one coalesced all-reduce (no overlap with backward: kept simple)

@@ -72,8 +72,9 @@ def _forward_mixed(model, x, lam, perm, point: nn.Module | None):
     if point is None:
         return model(_mix(x, lam, perm), return_aux=True)
 
-    def hook(_module, args):  # cells take (s0, s1, drop_prob); blocks take (h,)
-        return tuple(_mix(a, lam, perm) if torch.is_tensor(a) else a for a in args)
+    def hook(_module, args):  # cells take (s0, s1, drop_prob or alpha weights); blocks (h,)
+        return tuple(_mix(a, lam, perm) if torch.is_tensor(a) and a.dim() == 4 else a
+                     for a in args)
 
     handle = point.register_forward_pre_hook(hook)
     try:
