@@ -50,8 +50,9 @@ def split_batch(batch_size: int, fraction: float, what: str) -> tuple[int, int]:
 
 def loaders(cfg, first: ImageSet, second: ImageSet, fraction: float, what: str) -> MixedLoader:
     n1, n2 = split_batch(cfg.batch_size, fraction, what)
-    a = Loader(first, n1, augment=cfg.augment, device=cfg.device, seed=cfg.seed)
-    b = Loader(second, n2, augment=cfg.augment, device=cfg.device, seed=cfg.seed + 7919)
+    kw = {"augment": cfg.augment, "device": cfg.device, "channels_last": cfg.channels_last == "on"}
+    a = Loader(first, n1, seed=cfg.seed, **kw)
+    b = Loader(second, n2, seed=cfg.seed + 7919, **kw)
     return MixedLoader(a, b)
 
 
