@@ -13,7 +13,7 @@ Datasets, by name (`DATASETS`):
 - ``synthetic``: built in and offline, see `make_synthetic`.
 
 `Loader` moves a split to its device once and draws every batch there: shuffling and augmentation
-(pad-4 random crop + horizontal flip) are tensor ops on that device, and every random draw is a pure
+(pad-4 random crop + horizontal flip, optionally Cutout) are tensor ops on that device, and every random draw is a pure
 function of ``(seed, epoch, step)``, so a run resumed mid-epoch sees the very same batches.
 """
 
@@ -389,6 +389,20 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, *, 
     return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
 
 
+def cutout_batch(x: torch.Tensor, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cutout (DeVries & Taylor, 2017, as in the DARTS code): per image, zero a `length` x `length`
+    square centred on a uniformly drawn pixel, clipped at the border; vectorised, on `x`'s device."""
+    b, _, h, w = x.shape
+    centre = torch.stack([torch.randint(0, n, (b,), generator=generator, device=x.device) for n in (h, w)])
+    lo, hi = centre - length // 2, centre + length // 2  # (2, B): rows [lo, hi), clipped by the image
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    in_rows = (rows >= lo[0, :, None]) & (rows < hi[0, :, None])  # (B, H)
+    in_cols = (cols >= lo[1, :, None]) & (cols < hi[1, :, None])  # (B, W)
+    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (B, 1, H, W)
+    return x.masked_fill(hole, 0.0)
+
+
 def _derived_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers, so RNG streams of (seed, epoch, step) never overlap."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
@@ -410,7 +424,8 @@ class Loader:
 
     def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool = True, augment: bool = False,
                  drop_last: bool = True, device: str | torch.device = "cpu", seed: int = 0,
-                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1, pad: int = 4,
+                 cutout: int = 0):
         if not 0 <= rank < world_size or batch_size % world_size:
             raise DsaraError(f"the global batch_size ({batch_size}) must split evenly over "
                              f"{world_size} processes (rank {rank}); use a multiple of {world_size}")
@@ -423,6 +438,7 @@ class Loader:
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
         self.rank, self.world_size = rank, world_size
+        self.pad, self.cutout = pad, cutout  # crop padding and Cutout side, pixels
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -444,7 +460,9 @@ class Loader:
     def _batch(self, idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[idx].float().div_(255)  # (B, C, H, W) in [0, 1]
         if self.augment:
-            x = augment_batch(x, self._generator(epoch, step))
+            x = augment_batch(x, self._generator(epoch, step), pad=self.pad)
+        if self.cutout > 0:  # its own stream: the crops and flips stay those of a run without it
+            x = cutout_batch(x, self.cutout, self._generator(epoch, step, 1))
         y = self.labels[idx]
         if self.world_size > 1:  # this rank's slice of the global batch
             x, y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]

@@ -18,7 +18,7 @@ from dsara.attacks import fgsm, pgd
 from dsara.baselines import build_baseline
 from dsara.errors import DsaraError
 from dsara.krylov import KrylovConfig, krylov_direction
-from dsara.train import TrainConfig, run
+from dsara.train import TrainConfig, losses, run
 from dsara.train.checkpoint import load_checkpoint
 from dsara.train.losses import METHODS, AdvParams
 from dsara.train.methods import bang as bang_mod
@@ -231,13 +231,15 @@ def test_krylov_direction_on_a_quadratic_loss_is_the_newton_step(solver):
 
 def test_so_at_with_one_krylov_iteration_is_fgsm(model, batch):
     x, y = batch
-    p = AdvParams(8 / 255, 8 / 255, 1, options=method_options("so-at", {"iters": 1}))
+    p = AdvParams(8 / 255, 8 / 255, 1, options=method_options("so-at", {"iters": 1}),
+                  craft_mode="eval")  # so-at's default (METHODS), which the trainer passes
     reference = copy.deepcopy(model)  # so_at's train-mode forward moves the BN statistics
     loss, _ = so_at.so_at(model, x, y, p)
     x_fgsm = fgsm(reference.eval(), x, y, 8 / 255, random_start=False)
     expected = F.cross_entropy(reference.train()(x_fgsm), y)
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
-    p5 = AdvParams(8 / 255, 8 / 255, 1, options=method_options("so-at", {"iters": 5}))
+    p5 = AdvParams(8 / 255, 8 / 255, 1, options=method_options("so-at", {"iters": 5}),
+                   craft_mode="eval")
     assert so_at.so_at(model, x, y, p5)[0].item() != pytest.approx(loss.item(), abs=1e-6)
 
 
@@ -258,16 +260,16 @@ def test_every_adversarial_input_stays_in_the_eps_ball_and_the_image_box(
         seen.append((xx, out, eps))
         return out
 
-    module = {"iat": iat, "iat-manifold": iat, "bang": bang_mod, "jsigr": jsigr, "so-at": so_at}[
-        name]
     if name == "so-at":
+        krylov = so_at.so_krylov
+
         def recording(m, xx, yy, eps, *a, **k):  # noqa: F811 (the Krylov attack, same check)
-            out = so_at.so_krylov(m, xx, yy, eps, *a, **k)
+            out = krylov(m, xx, yy, eps, *a, **k)
             seen.append((xx, out, eps))
             return out
-        monkeypatch.setattr(module, "_craft_in_eval", lambda m, fn, *a, **k: recording(m, *a, **k))
+        monkeypatch.setattr(so_at, "so_krylov", recording)
     else:
-        monkeypatch.setattr(module, "pgd", recording)
+        monkeypatch.setattr(losses, "pgd", recording)  # every method crafts through losses.craft
     p = AdvParams(8 / 255, 4 / 255, 3, options=method_options(name, options))
     loss, _ = METHODS[name][0](model, x, y, p, generator=torch.Generator().manual_seed(0))
     assert seen and math.isfinite(loss.item())

@@ -1,6 +1,7 @@
 """Adversarial training: hand-computed objectives, every method runs, exact resume, the FGSM-RS
 guard, model selection on validation, and bad input."""
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -9,25 +10,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _shared import TINY_GENOTYPE
+from torch import nn
 
 from dsara.archfile import from_genotype_text, save_architecture
 from dsara.attacks import fgsm, pgd
 from dsara.baselines import build_baseline
+from dsara.cli import main
 from dsara.errors import DsaraError
-from dsara.train import TrainConfig, run
+from dsara.train import TrainConfig, losses, run
 from dsara.train import loop as train_loop
-from dsara.train.checkpoint import load_checkpoint
+from dsara.train.checkpoint import build_from_spec, load_checkpoint, model_spec
 from dsara.train.loop import config_from_dict, lr_factor
 from dsara.train.losses import (
     METHODS,
     AdvParams,
+    craft,
     fgsm_rs,
+    get_method,
     mart,
     mart_objective,
     pgd_at,
     trades,
     trades_objective,
 )
+from dsara.train.methods import OPTIONS, so_at
 
 SYNTH = {"n_train": 96, "n_test": 32, "image_size": 8, "num_classes": 4}
 
@@ -98,7 +104,7 @@ def test_pgd_at_and_fgsm_rs_are_ce_on_their_attack(batch):
 def test_trades_kl_is_on_the_adversarial_input(batch):
     x, y = batch
     model = build_baseline("resnet_tiny", num_classes=4)
-    loss, terms = trades(model, x, y, AdvParams(8 / 255, 2 / 255, 3, beta=6.0),
+    loss, terms = trades(model, x, y, AdvParams(8 / 255, 2 / 255, 3, beta=6.0, craft_mode="eval"),
                          generator=torch.Generator().manual_seed(0))
     assert terms["kl"].item() > 0  # zero would mean the KL saw the clean input twice
     assert loss.item() == pytest.approx(terms["ce_clean"].item() + 6 * terms["kl"].item(), rel=1e-5)
@@ -115,12 +121,107 @@ def test_mart_terms_and_gradients(batch):
 
 
 def test_method_defaults_are_the_standard_recipes():
-    assert {m: METHODS[m][1:] for m in ("pgd-at", "trades", "mart", "fgsm-rs")} == {
-        "pgd-at": (0.25, 10), "trades": (0.25, 10), "mart": (0.25, 10), "fgsm-rs": (1.25, 1)}
+    assert {m: tuple(METHODS[m][1:]) for m in ("pgd-at", "trades", "mart", "fgsm-rs")} == {
+        "pgd-at": (0.25, 10, "train", "uniform"), "trades": (0.25, 10, "eval", "normal"),
+        "mart": (0.25, 10, "eval", "normal"), "fgsm-rs": (1.25, 1, "train", "uniform")}
     cfg = TrainConfig(arch="resnet18", out="x", method="fgsm-rs").resolved()
     assert cfg.step_size == pytest.approx(1.25 * 8 / 255) and cfg.steps == 1
     cfg = TrainConfig(arch="resnet18", out="x").resolved()
     assert (cfg.step_size, cfg.steps, cfg.beta) == (pytest.approx(2 / 255), 10, 6.0)
+    cfg = TrainConfig(arch="resnet18", out="x", method="mart").resolved()
+    assert (cfg.craft_mode, cfg.attack_start) == ("eval", "normal")
+
+
+def test_fgsm_rs_refuses_more_than_one_step(capsys):
+    with pytest.raises(DsaraError, match="fgsm-rs takes exactly one attack step .*got steps = 3"):
+        TrainConfig(arch="resnet18", out="x", method="fgsm-rs", steps=3).resolved()
+    assert main(["train", "resnet_tiny", "--method", "fgsm-rs", "--steps", "3", "--out", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dsara: error: fgsm-rs takes exactly one") and "\n" not in err
+
+
+class Spy(nn.Module):
+    """A linear classifier that records (training, drop_path_prob, inside PGD?, grad enabled?) at
+    every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+        self.drop_path_prob, self.calls, self.in_pgd = 0.5, [], False
+
+    def forward(self, x, return_aux=False):
+        self.calls.append((self.training, self.drop_path_prob, self.in_pgd,
+                           torch.is_grad_enabled()))
+        logits = self.fc(x.flatten(1))
+        return (logits, None) if return_aux else logits
+
+
+ATTACKING = [m for m in METHODS if m != "ladder"]  # ladder trains on a generated set, no PGD
+
+
+@pytest.mark.parametrize("method", ATTACKING)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_drop_path_is_off_while_any_attack_is_crafted(batch, method, mode, monkeypatch):
+    x, y = batch
+    model = Spy().train()
+
+    def spying(attack):  # marks the forwards of the attack primitives the methods craft with
+        def marked(m, *args, **kw):
+            m.in_pgd = True
+            try:
+                return attack(m, *args, **kw)
+            finally:
+                m.in_pgd = False
+        return marked
+
+    monkeypatch.setattr(losses, "pgd", spying(pgd))
+    monkeypatch.setattr(so_at, "so_krylov", spying(so_at.so_krylov))
+    options = OPTIONS.get(method)
+    if options is not None and "adversarial" in options.__dataclass_fields__:
+        options = options(adversarial=True)  # bang / jsigr on PGD examples
+    p = AdvParams(8 / 255, 2 / 255, 1 if method == "fgsm-rs" else 3, craft_mode=mode,
+                  options=options() if isinstance(options, type) else options)
+    get_method(method).fn(model, x, y, p, generator=torch.Generator().manual_seed(0))
+    crafting = [c for c in model.calls if c[2]]
+    training = [c for c in model.calls if c[0] and not c[2] and c[3]]  # training-loss forwards
+    assert len(crafting) >= p.steps and training  # an attack that bypasses `craft` has none
+    assert all(c[:2] == (mode == "train", 0.0) for c in crafting), crafting
+    assert all(c[1] == 0.5 for c in training), training
+    assert model.training and model.drop_path_prob == 0.5  # handed back as it came
+
+
+@pytest.mark.parametrize("start", ["normal", "uniform", "zero"])
+def test_attack_starts(batch, start):
+    x, y = batch
+    x = 0.1 + 0.8 * x  # away from the [0, 1] border, so no start is clamped
+    model = build_baseline("resnet_tiny", num_classes=4).eval()
+    p = AdvParams(8 / 255, 0.0, 1, start=start)  # a zero step: x_adv is the start itself
+    delta = craft(model, x, y, p, generator=torch.Generator().manual_seed(5)) - x
+    if start == "normal":  # x + 0.001 N(0, 1), the generator's first draw
+        expected = 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        assert torch.allclose(delta, expected, atol=1e-7)
+    elif start == "uniform":
+        assert delta.abs().max() <= 8 / 255 + 1e-6 and delta.std() > 8 / 255 / 3
+    else:
+        assert delta.abs().max() < 1e-7
+
+
+def test_auxiliary_loss_on_the_clean_input(arch_file, batch):
+    x, y = batch
+    spec = model_spec(arch_file, 4, (0.5,) * 3, (0.25,) * 3, channels=4, auxiliary_weight=0.4)
+    model = build_from_spec(spec).train()
+    p = AdvParams(8 / 255, 2 / 255, 2, aux_weight=0.4, craft_mode="eval", start="normal",
+                  aux_input="clean")
+    before = copy.deepcopy(model.state_dict())  # BatchNorm running stats move in train mode
+    loss, terms = pgd_at(model, x, y, p, generator=torch.Generator().manual_seed(0))
+    model.load_state_dict(before)  # the same order: clean forward, eval-mode attack, adv forward
+    aux_clean = model(x, return_aux=True)[1]
+    x_adv = craft(model, x, y, p, generator=torch.Generator().manual_seed(0))
+    logits, aux_adv = model(x_adv, return_aux=True)
+    ce, aux_ce = F.cross_entropy(logits, y), F.cross_entropy(aux_clean, y)
+    assert terms["aux_ce"].item() == pytest.approx(aux_ce.item(), abs=1e-5)
+    assert loss.item() == pytest.approx(ce.item() + 0.4 * aux_ce.item(), abs=1e-5)
+    assert abs(F.cross_entropy(aux_adv, y).item() - aux_ce.item()) > 1e-4  # the mutation differs
 
 
 def test_learning_rate_schedules():

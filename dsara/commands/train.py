@@ -7,10 +7,14 @@ from pathlib import Path
 
 from ..config import apply_overrides, read_toml
 from ..train.loop import METHODS, config_from_dict, run
+from ..train.recipes import RECIPES
 
 S = argparse.SUPPRESS
 # (flag, config field, type, help with units); defaults live in TrainConfig alone
 OPTIONS = [
+    ("--recipe", "recipe", str, "a named, complete set of training settings that the other "
+     "flags override one by one: " + "; ".join(f"{k} = {r.reproduces}" for k, r in RECIPES.items())
+     + " (default: none, dsara's defaults below)"),
     ("--dataset", "dataset", str, "cifar10 | cifar100 | svhn | imagefolder | synthetic "
      "(default cifar10)"),
     ("--data-root", "data_root", str, "folder holding the dataset"),
@@ -28,8 +32,8 @@ OPTIONS = [
     ("--momentum", "momentum", float, "SGD momentum (default 0.9)"),
     ("--weight-decay", "weight_decay", float,
      "L2 weight decay (default 1e-4 for cell networks, 5e-4 for baselines)"),
-    ("--schedule", "schedule", str, "piecewise (x0.1 at each milestone) | cosine "
-     "(default piecewise)"),
+    ("--schedule", "schedule", str, "piecewise (x0.1 at each milestone) | cosine | cyclic "
+     "(triangle 0 -> lr -> 0 peaking mid-training, per epoch) (default piecewise)"),
     ("--milestones", "milestones", str, "piecewise milestones as fractions of --epochs, "
      "comma-separated (default 0.5,0.75)"),
     ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off (default 5 for cell networks, "
@@ -38,7 +42,16 @@ OPTIONS = [
      "(default 8/255)"),
     ("--step-size", "step_size", str, "inner attack step, e.g. 2/255 (default eps/4; "
      "fgsm-rs 1.25*eps)"),
-    ("--steps", "steps", int, "inner attack steps (default 10; fgsm-rs 1)"),
+    ("--steps", "steps", int, "inner attack steps (default 10; fgsm-rs takes exactly 1)"),
+    ("--craft-mode", "craft_mode", str, "train | eval: the model's mode while the training "
+     "attack is crafted; drop-path is off either way (default: train for pgd-at and fgsm-rs, "
+     "eval for trades and mart, as their authors)"),
+    ("--attack-start", "attack_start", str, "uniform (in the eps-ball) | normal "
+     "(x + start-std * N(0,1)) | zero (default: uniform; normal for trades and mart)"),
+    ("--start-std", "start_std", float, "std of the normal attack start, pixel units "
+     "(default 0.001)"),
+    ("--aux-input", "aux_input", str, "adv | clean: input of the auxiliary-head loss "
+     "(default adv; the ARNAS code: clean)"),
     ("--beta", "beta", float, "TRADES / MART regularizer weight (default 6)"),
     ("--cells", "cells", int, "total cells of a cell network (default: the architecture's)"),
     ("--channels", "channels", int, "initial channels C of a cell network (default: the "
@@ -58,6 +71,9 @@ OPTIONS = [
     ("--val-steps", "val_steps", int, "PGD steps of the validation attack (default 10)"),
     ("--overfit-guard", "overfit_guard", float, "fgsm-rs: stop when validation PGD accuracy "
      "falls by more than this fraction in one epoch (default 0.2)"),
+    ("--cutout", "cutout", int, "Cutout square side in pixels, 0 = off (default 0; arnas 16)"),
+    ("--crop-pad", "crop_pad", int, "zero padding of the random crop, pixels per side "
+     "(default 4)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N (default auto)"),
     ("--precision", "precision", str, "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16; "
@@ -94,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=dest, type=kind, default=S, help=text)
     add_dataset_options(p)
     p.add_argument("--no-augment", dest="augment", action="store_false", default=S,
-                   help="no pad-4 random crop + flip")
+                   help="no random crop + flip")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig field (beta=5, synthetic.noise=0.1)")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs in this call; "

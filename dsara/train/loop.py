@@ -37,10 +37,11 @@ from ..device import LAYOUTS, PRECISIONS, resolve_device, use_bf16, use_channels
 from ..errors import DsaraError
 from ..files import write_json_atomic
 from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
-from .losses import METHODS, AdvParams, Terms, get_method
+from .losses import AUX_INPUTS, CRAFT_MODES, METHODS, STARTS, AdvParams, Terms, get_method
 from .methods import method_options, prepare_loader, resolve_options
+from .recipes import RECIPES, apply_recipe, is_baseline
 
-SCHEDULES = ("piecewise", "cosine")
+SCHEDULES = ("piecewise", "cosine", "cyclic")
 _LEGACY = {"precision": "fp32", "channels_last": "off"}  # what runs did before these fields
 _KINDS = {"str": (str, os.PathLike), "bool": (bool,), "int": (int,), "float": (int, float)}
 
@@ -53,6 +54,7 @@ class TrainConfig:
     data_root: str | None = None  # dataset directory (not needed for synthetic)
     download: bool = False  # fetch cifar/svhn into data_root if missing
     synthetic: dict[str, Any] | None = None  # SyntheticConfig fields, for dataset = synthetic
+    recipe: str | None = None  # named recipe (train/recipes.py) the other fields started from
     method: str = "pgd-at"  # a name of METHODS (pgd-at | trades | mart | fgsm-rs | iat | ...)
     method_options: dict[str, Any] | None = None  # the method's constants (methods.OPTIONS)
     unlabeled: str | None = None  # mart-ss: folder of unlabeled images (any layout)
@@ -62,13 +64,19 @@ class TrainConfig:
     lr: float = 0.1  # SGD learning rate at the start (per batch of batch_size, not rescaled)
     momentum: float = 0.9
     weight_decay: float | None = None  # None: 1e-4 cell nets (DSARA ref.), 5e-4 baselines (Rice)
-    schedule: str = "piecewise"  # piecewise: lr x0.1 at each milestone; cosine: to 0 at the end
+    # piecewise: lr x0.1 at each milestone; cosine: to 0 at the end; cyclic: triangle 0 -> lr -> 0
+    # peaking at mid-training (Wong et al.), taken at each epoch's middle
+    schedule: str = "piecewise"
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of epochs (ref.: 100 and 150 of 200)
     grad_clip: float | None = None  # max gradient norm; None: 5 cell nets (DARTS ref.), 0 = off
     eps: float = 8 / 255  # L-inf radius of training attacks, in [0, 1] pixel units
     step_size: float | None = None  # inner attack step in pixel units; None: method default
     steps: int | None = None  # inner attack steps; None: method default (10; fgsm-rs 1)
     beta: float = 6.0  # TRADES / MART regularizer weight
+    craft_mode: str | None = None  # train | eval: model mode while crafting; None: method default
+    attack_start: str | None = None  # uniform | normal | zero; None: method default
+    start_std: float = 0.001  # std of the normal start x + std N(0, 1), pixel units
+    aux_input: str = "adv"  # adv | clean: input of the auxiliary-head loss (ARNAS: clean)
     cells: int | None = None  # total cells of a cell network; None: the architecture's
     channels: int | None = None  # initial channels C of a cell network; None: the architecture's
     width: int | None = None  # first-stage channels of a baseline; None: its published width
@@ -79,7 +87,9 @@ class TrainConfig:
     val_size: int = 1000  # train images held out for model selection (~, per-class rounding)
     val_steps: int = 10  # PGD steps (of eps/4) of the validation attack
     overfit_guard: float = 0.2  # fgsm-rs: stop if val PGD accuracy falls by more (0..1) in an epoch
-    augment: bool = True  # pad-4 random crop + horizontal flip
+    augment: bool = True  # random crop of the crop_pad-padded image + horizontal flip
+    crop_pad: int = 4  # zero padding of the random crop, pixels per side
+    cutout: int = 0  # Cutout square side in pixels (DeVries & Taylor 2017), 0 = off; ARNAS: 16
     seed: int = 0
     device: str = "cpu"  # auto | cpu | cuda | cuda:N
     # bf16 autocast with fp32 master weights for the training forward/backward and the inner
@@ -91,12 +101,14 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """Fill method and model defaults and validate; the result is what config.json holds."""
         self.check_types()
-        _, step_factor, default_steps = get_method(self.method)
-        baseline = _is_baseline(self.arch)
+        spec = get_method(self.method)
+        baseline = is_baseline(self.arch)
         c = dataclasses.replace(
             self, out=str(self.out), milestones=tuple(float(m) for m in self.milestones),
-            step_size=step_factor * self.eps if self.step_size is None else self.step_size,
-            steps=default_steps if self.steps is None else self.steps,
+            step_size=spec.step_factor * self.eps if self.step_size is None else self.step_size,
+            steps=spec.steps if self.steps is None else self.steps,
+            craft_mode=self.craft_mode or spec.craft_mode,
+            attack_start=self.attack_start or spec.start,
             weight_decay=(5e-4 if baseline else 1e-4) if self.weight_decay is None
             else self.weight_decay,
             grad_clip=(0.0 if baseline else 5.0) if self.grad_clip is None else self.grad_clip,
@@ -164,6 +176,13 @@ class TrainConfig:
                                             f"got {self.channels_last!r}"),
             (0 < self.overfit_guard <= 1, "overfit_guard is an accuracy drop in (0, 1], got "
                                           f"{self.overfit_guard}"),
+            (self.method != "fgsm-rs" or self.steps == 1,
+             f"fgsm-rs takes exactly one attack step (Wong et al.), got steps = {self.steps}; "
+             "drop --steps, or use --method pgd-at for a multi-step attack"),
+            *_choice_checks(self),
+            (self.start_std >= 0 and self.cutout >= 0 and self.crop_pad >= 0,
+             "start_std, cutout and crop_pad must be >= 0, got "
+             f"{self.start_std}, {self.cutout}, {self.crop_pad}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -175,10 +194,12 @@ class TrainConfig:
         return d
 
 
-def _is_baseline(arch: str) -> bool:
-    from ..baselines import baseline_name
-
-    return baseline_name(arch) is not None and not Path(arch).is_file()
+def _choice_checks(c: TrainConfig) -> list[tuple[bool, str]]:
+    choices = [("recipe", c.recipe, (None, *RECIPES)), ("craft_mode", c.craft_mode, CRAFT_MODES),
+               ("attack_start", c.attack_start, STARTS), ("aux_input", c.aux_input, AUX_INPUTS)]
+    return [(value in known, f"unknown {name} {value!r}; known: "
+                             f"{', '.join(k for k in known if k is not None)}")
+            for name, value, known in choices]
 
 
 @dataclass
@@ -198,6 +219,8 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     """Multiplier of cfg.lr during `epoch` (0-based)."""
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    if cfg.schedule == "cyclic":
+        return 1 - abs(2 * (epoch + 0.5) / cfg.epochs - 1)
     return 0.1 ** sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
 
 
@@ -229,6 +252,13 @@ def fit_to_budget(cfg: TrainConfig, num_classes: int, log: Callable[[str], None]
     fit = fit_budget(cfg.arch, cfg.params, cells=cfg.cells, num_classes=num_classes)
     log(f"parameter budget: {fit.describe()}")
     return dataclasses.replace(cfg, **{fit.knob: fit.value})
+
+
+def adv_params(cfg: TrainConfig, aux_weight: float) -> AdvParams:
+    """The training attack and objective settings of a resolved config."""
+    return AdvParams(cfg.eps, cfg.step_size, cfg.steps, cfg.beta, aux_weight,
+                     method_options(cfg.method, cfg.method_options), craft_mode=cfg.craft_mode,
+                     start=cfg.attack_start, start_std=cfg.start_std, aux_input=cfg.aux_input)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
@@ -325,7 +355,9 @@ def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> N
     # a run written before a field existed ran with that field's legacy value; the device is
     # ignored, but a device-type change shows up as a change of the resolved precision / layout
     saved = {**_LEGACY, **saved}
-    diff = sorted(k for k in now if k not in ignore and saved.get(k) != now[k])
+    # other fields newer than the saved run compare as their defaults
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    diff = sorted(k for k in now if k not in ignore and saved.get(k, default[k]) != now[k])
     if not diff:
         return
     if "arch" in diff:
@@ -404,11 +436,10 @@ def run(config: TrainConfig, max_epochs: int | None = None,
     loader = prepare_loader(cfg, model, fit, val, test, state["epoch"], log)
     val_loader = Loader(val, min(cfg.batch_size, len(val)), shuffle=False, drop_last=False,
                         device=device)
-    method = get_method(cfg.method)[0]
+    method = get_method(cfg.method).fn
     macro = getattr(model, "macro", None)
-    params = AdvParams(cfg.eps, cfg.step_size, cfg.steps, cfg.beta,
-                       macro.auxiliary_weight if getattr(model, "has_auxiliary", False) else 0.0,
-                       method_options(cfg.method, cfg.method_options))
+    params = adv_params(cfg, macro.auxiliary_weight if getattr(model, "has_auxiliary", False)
+                        else 0.0)
     final_drop_path = macro.drop_path if macro is not None else 0.0
     start, done = state["epoch"], 0
     for epoch in range(start, cfg.epochs):
@@ -449,6 +480,7 @@ def run(config: TrainConfig, max_epochs: int | None = None,
 def config_from_dict(raw: dict[str, Any], where: str = "train config") -> TrainConfig:
     """A TrainConfig from TOML / JSON / command-line values; eps and step size may be ``8/255``."""
     known = [f.name for f in dataclasses.fields(TrainConfig)]
+    raw = apply_recipe(raw)
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise DsaraError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")

@@ -5,25 +5,28 @@ adversarial batch, runs the model and returns the scalar loss to minimize plus a
 (detached scalar tensors, for logging without a host sync per step). The objectives themselves are pure functions of logits
 (`trades_objective`, `mart_objective`) so that tests can check them against hand computations.
 
-Attack generation follows each method's reference code: PGD-AT (Madry et al., 2018) and FGSM-RS
-(Wong et al., 2020) craft the attack with the model in train mode; TRADES (Zhang et al., 2019) and MART
-(Wang et al., 2020) in eval mode, then switch back to train mode for the update. Inner PGD starts
-uniformly in the eps-ball (TRADES and MART start at x + 0.001 N(0, 1); both only break the symmetry
-at x, where the KL gradient is zero). An auxiliary head, if present, adds
-``aux_weight * CE(aux(x_adv), y)`` to every objective.
+Every method crafts its attack through `craft`, which puts the model in the mode `params.craft_mode`
+asks for (``train`` or ``eval``) and turns drop-path off while the attack is crafted: with
+drop-path on, every PGD step would attack another random sub-network. Defaults per method follow
+each method's reference code (`METHODS`): PGD-AT (Madry et al., 2018) and FGSM-RS (Wong et al., 2020)
+craft in train mode from a uniform start in the eps-ball; TRADES (Zhang et al., 2019) and MART (Wang
+et al., 2020) craft in eval mode from x + 0.001 N(0, 1), as their authors' code does. An auxiliary
+head, if present, adds ``aux_weight * CE(aux(input), y)``, the input being x_adv (``aux_input =
+"adv"``) or the clean x (``"clean"``, the ARNAS / DARTS-lineage retraining code).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import fgsm, pgd
+from ..attacks import pgd
 from ..errors import DsaraError
 
 Terms = dict[str, torch.Tensor]
@@ -37,6 +40,15 @@ class AdvParams:
     beta: float = 6.0  # TRADES / MART weight of the robustness regularizer
     aux_weight: float = 0.0  # weight of the auxiliary head's CE (0 = unused)
     options: Any = None  # the method's typed constants (dsara.train.methods.OPTIONS), if any
+    craft_mode: str = "train"  # train | eval: the model's mode while the attack is crafted
+    start: str = "uniform"  # uniform (in the eps-ball) | normal (x + start_std N(0,1)) | zero
+    start_std: float = 0.001  # std of the normal start, pixel units (TRADES / MART / ARNAS code)
+    aux_input: str = "adv"  # adv | clean: the input of the auxiliary-head loss
+
+
+CRAFT_MODES = ("train", "eval")
+STARTS = ("uniform", "normal", "zero")
+AUX_INPUTS = ("adv", "clean")
 
 
 def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -78,63 +90,107 @@ def _with_aux(loss, terms, aux, y, weight):
     return loss, terms
 
 
-def _craft_in_eval(model: nn.Module, fn, *args, **kw) -> torch.Tensor:
-    model.eval()
+def _pick_aux(p: AdvParams, aux_clean, aux_adv):
+    return aux_clean if p.aux_input == "clean" else aux_adv
+
+
+def _clean_aux(model, x, p: AdvParams):
+    """Auxiliary logits of a clean train-mode forward, before the attack as in the ARNAS loop;
+    None unless the auxiliary loss is on the clean input."""
+    if p.aux_input != "clean" or p.aux_weight <= 0:
+        return None
+    return model(x, return_aux=True)[1]
+
+
+@contextmanager
+def crafting(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """`model` in `mode` ("train" | "eval") with drop-path off; both restored afterwards."""
+    if mode not in CRAFT_MODES:
+        raise DsaraError(f"unknown craft mode {mode!r}; modes: {', '.join(CRAFT_MODES)}")
+    was_training, drop = model.training, getattr(model, "drop_path_prob", None)
+    model.train(mode == "train")
+    if drop is not None:
+        model.drop_path_prob = 0.0
     try:
-        return fn(model, *args, **kw)
+        yield model
     finally:
-        model.train()
+        model.train(was_training)
+        if drop is not None:
+            model.drop_path_prob = drop
+
+
+def craft(model: nn.Module, x, y, p: AdvParams, loss_fn=None, generator=None) -> torch.Tensor:
+    """The L-inf PGD attack of `p` (eps, step, steps, start) in `p.craft_mode`, drop-path off.
+    Training methods craft through here so that each of them honours the same settings."""
+    if p.start not in STARTS:
+        raise DsaraError(f"unknown attack start {p.start!r}; starts: {', '.join(STARTS)}")
+    start = None
+    if p.start == "normal":
+        start = p.start_std * torch.randn(x.shape, generator=generator, device=x.device)
+    with crafting(model, p.craft_mode):
+        return pgd(model, x, y, p.eps, p.step_size, p.steps, random_start=p.start == "uniform",
+                   loss_fn=loss_fn, generator=generator, start=start)
 
 
 def pgd_at(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """Madry et al. (2018): CE on PGD examples."""
-    x_adv = pgd(model, x, y, p.eps, p.step_size, p.steps, generator=generator)
+    aux_clean = _clean_aux(model, x, p)
+    x_adv = craft(model, x, y, p, generator=generator)
     logits, aux = model(x_adv, return_aux=True)
     ce = F.cross_entropy(logits.float(), y)
-    return _with_aux(ce, {"ce_adv": ce.detach()}, aux, y, p.aux_weight)
+    return _with_aux(ce, {"ce_adv": ce.detach()}, _pick_aux(p, aux_clean, aux), y, p.aux_weight)
 
 
 def fgsm_rs(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """Wong et al. (2020) "fast is better than free": one signed step from a uniform random start."""
-    x_adv = fgsm(model, x, y, p.eps, step_size=p.step_size, generator=generator)
-    logits, aux = model(x_adv, return_aux=True)
-    ce = F.cross_entropy(logits.float(), y)
-    return _with_aux(ce, {"ce_adv": ce.detach()}, aux, y, p.aux_weight)
+    if p.steps != 1:
+        raise DsaraError(f"fgsm-rs takes exactly one attack step, got {p.steps}")
+    return pgd_at(model, x, y, p, generator=generator)
 
 
 def trades(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """TRADES: x_adv maximizes KL(p(x) || p(x_adv)); the KL term is taken on x_adv (not on x, which
     would make it zero, as in some public NAS retraining code)."""
-    with torch.no_grad():
-        model.eval()
+    with crafting(model, p.craft_mode), torch.no_grad():
         target = model(x).float()
-        model.train()
-    x_adv = _craft_in_eval(model, pgd, x, y, p.eps, p.step_size, p.steps,
-                           loss_fn=lambda logits, _y: kl_per_sample(target, logits).sum(),
-                           generator=generator)
-    logits_clean = model(x)
+    x_adv = craft(model, x, y, p, loss_fn=lambda logits, _y: kl_per_sample(target, logits).sum(),
+                  generator=generator)
+    logits_clean, aux_clean = model(x, return_aux=True)
     logits_adv, aux = model(x_adv, return_aux=True)
     loss, terms = trades_objective(logits_clean, logits_adv, y, p.beta)
-    return _with_aux(loss, terms, aux, y, p.aux_weight)
+    return _with_aux(loss, terms, _pick_aux(p, aux_clean, aux), y, p.aux_weight)
 
 
 def mart(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """MART: CE-PGD examples, misclassification-aware boosted loss."""
-    x_adv = _craft_in_eval(model, pgd, x, y, p.eps, p.step_size, p.steps, generator=generator)
-    logits_clean = model(x)
+    x_adv = craft(model, x, y, p, generator=generator)
+    logits_clean, aux_clean = model(x, return_aux=True)
     logits_adv, aux = model(x_adv, return_aux=True)
     loss, terms = mart_objective(logits_clean, logits_adv, y, p.beta)
-    return _with_aux(loss, terms, aux, y, p.aux_weight)
+    return _with_aux(loss, terms, _pick_aux(p, aux_clean, aux), y, p.aux_weight)
 
 
 Method = Callable[..., tuple[torch.Tensor, Terms]]
 
-# name -> (objective, default inner step as a multiple of eps, default inner steps)
-METHODS: dict[str, tuple[Method, float, int]] = {
-    "pgd-at": (pgd_at, 0.25, 10),  # 10 steps of 2/255 at 8/255 (Madry et al.; Rice et al.)
-    "trades": (trades, 0.25, 10),  # TRADES' CIFAR recipe: 10 steps of ~2/255 at 8/255
-    "mart": (mart, 0.25, 10),  # MART's CIFAR recipe: 10 steps of 2/255 at 8/255
-    "fgsm-rs": (fgsm_rs, 1.25, 1),  # Wong et al.: one step of 1.25 eps from a random start
+
+class MethodSpec(NamedTuple):
+    """A training method and the attack defaults of its reference code."""
+
+    fn: Method
+    step_factor: float  # default inner step as a multiple of eps
+    steps: int  # default inner steps
+    craft_mode: str = "train"  # model mode while crafting (see `crafting`)
+    start: str = "uniform"  # attack start (see `AdvParams.start`)
+
+
+METHODS: dict[str, MethodSpec] = {
+    # 10 steps of 2/255 at 8/255 (Madry et al.; Rice et al.), crafted in train mode
+    "pgd-at": MethodSpec(pgd_at, 0.25, 10),
+    # TRADES' and MART's code: eval mode, start x + 0.001 N(0, 1); 10 steps of ~2/255 at 8/255
+    "trades": MethodSpec(trades, 0.25, 10, "eval", "normal"),
+    "mart": MethodSpec(mart, 0.25, 10, "eval", "normal"),
+    # Wong et al.: one step of 1.25 eps from a uniform start, train mode
+    "fgsm-rs": MethodSpec(fgsm_rs, 1.25, 1),
 }
 
 # The seed papers' methods (dsara/train/methods/; their constants: methods.OPTIONS). Imported
@@ -142,17 +198,23 @@ METHODS: dict[str, tuple[Method, float, int]] = {
 from .methods import bang, iat, jsigr, ladder, so_at  # noqa: E402
 
 METHODS |= {
-    "iat": (iat.iat, 0.25, 10),  # Lamb et al.: PGD-10 of 2/255 at 8/255 (reimplementation)
-    "iat-manifold": (iat.iat_manifold, 0.25, 10),
-    "mart-ss": (mart, 0.25, 10),  # MART on labeled + pseudo-labelled batches (methods.mart_ss)
-    "bang": (bang.bang, 0.25, 10),  # no attack unless method_options.adversarial = true
-    "jsigr": (jsigr.jsigr, 0.25, 10),  # no attack unless method_options.adversarial = true
-    "so-at": (so_at.so_at, 1.0, 1),  # delta = eps sign(d): one step of eps from x [recon]
-    "ladder": (ladder.ladder, 0.25, 10),  # no PGD: the generated set replaces it
+    # Lamb et al.: PGD-10 of 2/255 at 8/255 on the unmixed batch, model in eval mode
+    "iat": MethodSpec(iat.iat, 0.25, 10, "eval"),
+    "iat-manifold": MethodSpec(iat.iat_manifold, 0.25, 10, "eval"),
+    # MART on labeled + pseudo-labelled batches (methods.mart_ss): MART's own attack
+    "mart-ss": MethodSpec(mart, 0.25, 10, "eval", "normal"),
+    "bang": MethodSpec(bang.bang, 0.25, 10),  # no attack unless method_options.adversarial = true
+    # no attack unless method_options.adversarial = true
+    "jsigr": MethodSpec(jsigr.jsigr, 0.25, 10, "eval"),
+    "ladder": MethodSpec(ladder.ladder, 0.25, 10),  # no PGD: the generated set replaces it
+    # second-order (Krylov) examples, model in eval mode [recon]
+    "so-at": MethodSpec(so_at.so_at, 1.0, 1, "eval"),
 }
 
 
-def get_method(name: str) -> tuple[Method, float, int]:
+def get_method(name: str) -> MethodSpec:
+    """The registered method `name`; a plain ``(fn, step_factor, steps)`` entry gets the default
+    attack settings (train mode, uniform start)."""
     if name not in METHODS:
         raise DsaraError(f"unknown training method {name!r}; methods: {', '.join(METHODS)}")
-    return METHODS[name]
+    return MethodSpec(*METHODS[name])

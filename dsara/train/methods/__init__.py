@@ -21,6 +21,7 @@ from ...data import Loader
 from ...errors import DsaraError
 from . import ladder, mart_ss, so_at
 from .bang import BANGOptions
+from .extra import loader_options
 from .iat import IATOptions
 from .jsigr import JSIGROptions
 
@@ -85,8 +86,7 @@ def prepare_loader(cfg, model, fit, val, test, epochs_done: int, log):
     if cfg.unlabeled or cfg.teacher:
         raise DsaraError(f"--unlabeled and --teacher are for mart-ss (both) and ladder "
                          f"(--teacher), not for {cfg.method}")
-    return Loader(fit, cfg.batch_size, augment=cfg.augment, device=cfg.device, seed=cfg.seed,
-                  channels_last=cfg.channels_last == "on")
+    return Loader(fit, cfg.batch_size, seed=cfg.seed, **loader_options(cfg))
 
 
 __all__ = ["OPTIONS", "SETUPS", "method_options", "prepare_loader", "resolve_options"]

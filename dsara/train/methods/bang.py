@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...attacks import pgd
 from ...errors import DsaraError
-from ..losses import AdvParams, Terms, _with_aux
+from ..losses import AdvParams, Terms, _with_aux, craft
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def bang(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms
     """BANG [recon]: batch-adjusted per-sample gradient scales on CE (of x, or of PGD examples)."""
     o = p.options or BANGOptions()
     if o.adversarial:
-        x = pgd(model, x, y, p.eps, p.step_size, p.steps, generator=generator)
+        x = craft(model, x, y, p, generator=generator)
     logits, aux = model(x, return_aux=True)
     loss, s = bang_ce(logits, y, o)
     terms = {"bang_ce": loss.detach(), "mean_scale": s.mean()}

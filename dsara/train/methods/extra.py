@@ -39,6 +39,13 @@ class MixedLoader:
             yield torch.cat([x1, x2]), torch.cat([y1, y2])
 
 
+def loader_options(cfg) -> dict:
+    """The Loader keyword arguments of a config's training batches: device, layout and the
+    augmentation (crop, flip, Cutout)."""
+    return {"device": cfg.device, "channels_last": cfg.channels_last == "on",
+            "augment": cfg.augment, "pad": cfg.crop_pad, "cutout": cfg.cutout}
+
+
 def split_batch(batch_size: int, fraction: float, what: str) -> tuple[int, int]:
     """(images of the first set, of the second) per batch of `batch_size`."""
     second = round(fraction * batch_size)
@@ -50,9 +57,8 @@ def split_batch(batch_size: int, fraction: float, what: str) -> tuple[int, int]:
 
 def loaders(cfg, first: ImageSet, second: ImageSet, fraction: float, what: str) -> MixedLoader:
     n1, n2 = split_batch(cfg.batch_size, fraction, what)
-    kw = {"augment": cfg.augment, "device": cfg.device, "channels_last": cfg.channels_last == "on"}
-    a = Loader(first, n1, seed=cfg.seed, **kw)
-    b = Loader(second, n2, seed=cfg.seed + 7919, **kw)
+    a = Loader(first, n1, seed=cfg.seed, **loader_options(cfg))
+    b = Loader(second, n2, seed=cfg.seed + 7919, **loader_options(cfg))
     return MixedLoader(a, b)
 
 

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...attacks import pgd
 from ...errors import DsaraError
-from ..losses import AdvParams, Terms, _craft_in_eval
+from ..losses import AdvParams, Terms, craft
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def _mix_term(model, x, y, p: AdvParams, generator, manifold: bool) -> torch.Ten
 
 
 def _iat(model, x, y, p: AdvParams, generator, manifold: bool) -> tuple[torch.Tensor, Terms]:
-    x_adv = _craft_in_eval(model, pgd, x, y, p.eps, p.step_size, p.steps, generator=generator)
+    x_adv = craft(model, x, y, p, generator=generator)
     clean = _mix_term(model, x, y, p, generator, manifold)
     adv = _mix_term(model, x_adv, y, p, generator, manifold)
     return 0.5 * clean + 0.5 * adv, {"mix_clean": clean.detach(), "mix_adv": adv.detach()}

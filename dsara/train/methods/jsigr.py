@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...attacks import pgd
 from ...errors import DsaraError
-from ..losses import AdvParams, Terms, _craft_in_eval, _with_aux
+from ..losses import AdvParams, Terms, _with_aux, craft
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def jsigr(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Term
     """J-SIGR [recon]: CE + lambda_j ||J||_F^2 + lambda_g ||mask * grad_x CE||^2."""
     o = p.options or JSIGROptions()
     if o.adversarial:
-        x = _craft_in_eval(model, pgd, x, y, p.eps, p.step_size, p.steps, generator=generator)
+        x = craft(model, x, y, p, generator=generator)
     mask = occlusion_mask(model, x, y, o.patch, o.unimportant) if o.lambda_g > 0 else None
     x = x.detach().float().requires_grad_(True)
     logits, aux = model(x, return_aux=True)

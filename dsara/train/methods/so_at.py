@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ...errors import DsaraError
 from ...krylov import SOLVERS, KrylovConfig, so_krylov
-from ..losses import AdvParams, Terms, _craft_in_eval, _with_aux
+from ..losses import AdvParams, Terms, _with_aux, crafting
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ def krylov_config(p: AdvParams) -> KrylovConfig:
 
 def so_at(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """CE on second-order (Krylov) adversarial examples [recon]."""
-    x_adv = _craft_in_eval(model, so_krylov, x, y, p.eps, krylov_config(p), generator=generator)
+    with crafting(model, p.craft_mode):  # drop-path off, the method's mode (eval)
+        x_adv = so_krylov(model, x, y, p.eps, krylov_config(p), generator=generator)
     logits, aux = model(x_adv, return_aux=True)
     ce = F.cross_entropy(logits.float(), y)
     return _with_aux(ce, {"ce_adv": ce.detach()}, aux, y, p.aux_weight)

@@ -1,0 +1,148 @@
+"""Named retraining recipes: each a complete set of training settings read from its authors' code.
+
+``dsara train ARCH --recipe NAME`` starts from the recipe's settings; a config file, flags and
+``--set`` then override single fields, and ``config.json`` records the recipe's name beside every
+resolved value. A recipe sets every field of `TRAINING_FIELDS` (a contract test checks each one), so
+nothing silently falls back to a dsara default.
+
+One recipe serves every architecture of a comparison: the settings that only exist for cell
+networks (`CELL_ONLY`: auxiliary-head weight, drop-path) are left out for a baseline, which has
+neither.
+
+Where every recipe deliberately differs from its authors' code (the README says so too):
+- attack starts and every attack step are clamped to [0, 1] (the reference code clamps the steps,
+  not always the start);
+- the checkpoint kept as ``best.pt`` is chosen on a validation split held out of the training set
+  (the reference scripts keep the last epoch, or select on the test set);
+- the learning rate changes once per epoch, never within one.
+
+To add a recipe (a new method's authors' settings), add an entry to `RECIPES`: the contract tests
+in tests/test_recipes.py run over every entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DsaraError
+
+# the TrainConfig fields that make up a training recipe; every recipe sets all of them
+TRAINING_FIELDS = (
+    "method", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones",
+    "grad_clip", "eps", "step_size", "steps", "beta", "craft_mode", "attack_start", "start_std",
+    "aux_input", "auxiliary_weight", "drop_path", "cutout", "augment", "crop_pad")
+CELL_ONLY = ("auxiliary_weight", "drop_path")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    reproduces: str  # one line: whose training this is
+    source: str  # the paper and the code (file, commit) the settings were read from
+    settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields -> values
+    differs: str = ""  # where dsara differs from that code beyond the module-level differences
+
+
+RECIPES: dict[str, Recipe] = {
+    "arnas": Recipe(
+        reproduces="ARNAS / DSARA retraining of a searched cell network (PGD-AT)",
+        source="Ou et al., CVPR 2024 (arXiv 2405.05502); ARNAS adv_train.py / trades.py "
+               "madry_loss, on the DARTS train.py skeleton",
+        settings=dict(
+            method="pgd-at", epochs=200, batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4,
+            schedule="piecewise", milestones=(0.5, 0.75),  # x0.1 at epochs 100 and 150
+            grad_clip=5.0,  # DARTS train.py's default, kept by the script
+            eps=0.031, step_size=0.01, steps=7, beta=6.0,  # beta unused by pgd-at
+            craft_mode="eval", attack_start="normal", start_std=0.001,
+            aux_input="clean", auxiliary_weight=0.4,  # aux head on the clean forward
+            drop_path=0.0, cutout=16, augment=True, crop_pad=4),
+        differs="drop-path is 0 as in the released script; Cutout zeroes raw [0, 1] pixels "
+                "(ARNAS feeds unnormalized images, so its holes are black too)"),
+    "madry": Recipe(
+        reproduces="Madry et al. PGD adversarial training on CIFAR-10",
+        source="Madry et al., ICLR 2018; MadryLab/cifar10_challenge config.json and train.py "
+               "(commit f15682d)",
+        settings=dict(
+            method="pgd-at",
+            epochs=205,  # 80,000 steps of 128 images = 204.8 epochs of 50,000
+            batch_size=128, lr=0.1, momentum=0.9, weight_decay=2e-4,
+            schedule="piecewise", milestones=(0.5, 0.75),  # steps 40,000 and 60,000 of 80,000
+            grad_clip=0.0, eps=8 / 255, step_size=2 / 255,
+            steps=10,  # config.json (the paper's text says 7)
+            beta=6.0, craft_mode="train",  # one graph in mode 'train' crafts and trains
+            attack_start="uniform", start_std=0.001, aux_input="adv", auxiliary_weight=0.0,
+            drop_path=0.0, cutout=0, augment=True,
+            crop_pad=2),  # resize_image_with_crop_or_pad to 36x36, random 32x32 crop, flip
+        differs="weight decay applies to every parameter (the TF code decays conv and fc "
+                "weights only, not BatchNorm)"),
+    "trades": Recipe(
+        reproduces="TRADES on CIFAR-10 (beta = 6)",
+        source="Zhang et al., ICML 2019; yaodongyu/TRADES train_trades_cifar10.py and trades.py "
+               "(commit 6e8e11b)",
+        settings=dict(
+            method="trades", epochs=76, batch_size=128, lr=0.1, momentum=0.9, weight_decay=2e-4,
+            schedule="piecewise", milestones=(74 / 76,),  # x0.1 from epoch 75 (1-based)
+            grad_clip=0.0, eps=0.031, step_size=0.007, steps=10, beta=6.0,
+            craft_mode="eval", attack_start="normal", start_std=0.001, aux_input="adv",
+            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4)),
+    "mart": Recipe(
+        reproduces="MART on CIFAR-10 (WideResNet script, beta = 6)",
+        source="Wang et al., ICLR 2020; YisenWang/MART train_wideresnet.py and mart.py "
+               "(commit 2d83e17)",
+        settings=dict(
+            method="mart", epochs=90, batch_size=128, lr=0.1, momentum=0.9, weight_decay=7e-4,
+            schedule="piecewise", milestones=(74 / 90,),  # x0.1 from epoch 75 (1-based)
+            grad_clip=0.0, eps=0.031, step_size=0.007, steps=10, beta=6.0,
+            craft_mode="eval", attack_start="normal", start_std=0.001, aux_input="adv",
+            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4)),
+    "fgsm-rs": Recipe(
+        reproduces="FGSM with random start ('fast is better than free') on CIFAR-10",
+        source="Wong et al., ICLR 2020; locuslab/fast_adversarial CIFAR10/train_fgsm.py "
+               "(commit 54f7287)",
+        settings=dict(
+            method="fgsm-rs", epochs=15, batch_size=128,
+            lr=0.2,  # the cyclic schedule's peak (lr-max); it starts and ends at 0
+            momentum=0.9, weight_decay=5e-4, schedule="cyclic", milestones=(0.5, 0.75),
+            grad_clip=0.0, eps=8 / 255, step_size=10 / 255, steps=1, beta=6.0,
+            craft_mode="train", attack_start="uniform", start_std=0.001, aux_input="adv",
+            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4),
+        differs="fp32 instead of apex O2 mixed precision; the triangular learning rate is taken "
+                "once per epoch, at the epoch's middle (the authors step it every batch); the "
+                "catastrophic-overfitting stop watches PGD on the validation split (the authors: "
+                "PGD-5 on the first training batch)"),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise DsaraError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def recipe_settings(name: str, arch: str) -> dict[str, Any]:
+    """The settings of recipe `name` for architecture `arch` (cell-only settings dropped for a
+    baseline)."""
+    settings = dict(get_recipe(name).settings)
+    if is_baseline(arch):
+        for key in CELL_ONLY:
+            settings.pop(key, None)
+    return settings
+
+
+def apply_recipe(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` (config file, flags) on top of the settings of its ``recipe``, if it names one."""
+    name = raw.get("recipe")
+    if name in (None, ""):
+        return dict(raw)
+    if not isinstance(name, str):
+        raise DsaraError(f"recipe must be a name, got {name!r}; recipes: {', '.join(RECIPES)}")
+    return {**recipe_settings(name, str(raw.get("arch", ""))), **raw}
+
+
+def is_baseline(arch: str) -> bool:
+    """True for a baseline name (resnet18, ...) that is not also a file on disk."""
+    from ..baselines import baseline_name
+
+    return baseline_name(arch) is not None and not Path(arch).is_file()
+
