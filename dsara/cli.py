@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "dsara.commands.search",
     "dsara.commands.study",
     "dsara.commands.train",
+    "dsara.commands.transfer",
 ]
 
 

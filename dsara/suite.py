@@ -58,6 +58,8 @@ def parse_attack_sets(items: Iterable[str] | None) -> dict[str, Any]:
         if name not in fields:
             raise DsaraError(f"--attack-set {item!r}: {group} has no key {name!r}; keys: "
                              f"{', '.join(fields)}")
+        if isinstance(getattr(out[group], name), str):
+            value = item.partition("=")[2].strip()  # a word, even one TOML reads as a bool
         out[group] = dataclasses.replace(out[group], **{name: _typed(item, out[group], name,
                                                                      value)})
     for config in out.values():

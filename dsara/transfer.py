@@ -104,3 +104,34 @@ def transfer_attack(surrogates: Sequence[nn.Module], kind: str,
         return craft(ensemble, kind, x, y, eps, config, gen)
 
     return attack
+
+
+# ----------------------------------------------------------------------------- transfer matrix
+
+def transfer_matrix(models: dict[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
+                    eps: float, kind: str = "mifgsm", config: TransferConfig = TransferConfig(),
+                    batch_size: int = 256, seed: int = 0) -> dict:
+    """Accuracy of every target on examples crafted on every source (each model alone), over
+    images (N, C, H, W) in [0, 1]. accuracy[i][j]: crafted on source i, scored on target j;
+    the diagonal is the white-box attack. Models must be in eval mode on the images' device."""
+    names = list(models)
+    acc = [[0.0] * len(names) for _ in names]
+    for i, source in enumerate(names):
+        gen = torch.Generator(images.device).manual_seed(seed + i)
+        hits = [0] * len(names)
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size]
+            y = labels[start:start + batch_size]
+            x_adv = craft(models[source], kind, x, y, eps, config, gen)
+            with torch.no_grad():
+                for j, target in enumerate(names):
+                    hits[j] += int((models[target](x_adv).argmax(1) == y).sum())
+        acc[i] = [h / len(images) for h in hits]
+    with torch.no_grad():
+        clean = {name: float(torch.cat([(m(images[s:s + batch_size]).argmax(1)
+                                         == labels[s:s + batch_size])
+                                        for s in range(0, len(images), batch_size)])
+                             .float().mean()) for name, m in models.items()}
+    return {"models": names, "attack": f"transfer-{kind}", "eps": eps, "n": len(images),
+            "config": {**config.__dict__}, "accuracy": acc, "clean": clean,
+            "rows": "source (crafted on)", "columns": "target (scored on)"}

@@ -115,3 +115,39 @@ def test_cli_bad_input_is_one_line(runs, argv, message, capsys):
     assert main(["evaluate", str(runs[0]), "--limit", "4", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dsara: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_transfer_matrix_diagonal_is_white_box():
+    from dsara.transfer import mifgsm, transfer_matrix
+
+    a, b = tiny_net(), nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
+    x, y = torch.rand(10, 3, 8, 8), torch.arange(10) % 4
+    result = transfer_matrix({"a": a, "b": b}, x, y, 8 / 255, batch_size=4)
+    pred = a(x).argmax(1)
+    x_adv = mifgsm(a, x, pred, 8 / 255)
+    with torch.no_grad():
+        white = (a(x_adv).argmax(1) == y).float().mean().item()
+        cross = (b(x_adv).argmax(1) == y).float().mean().item()
+    assert result["accuracy"][0] == pytest.approx([white, cross])
+    assert result["models"] == ["a", "b"] and set(result["clean"]) == {"a", "b"}
+
+
+def test_transfer_matrix_command_and_report(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    a, b = runs
+    out = tmp_path / "tm"
+    assert main(["transfer-matrix", str(a), str(b), "--labels", "A,<b>", "--limit", "16",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "transfer_matrix.json").read_text())
+    assert result["models"] == ["A", "<b>"] and len(result["accuracy"]) == 2
+    assert all(0 <= v <= 1 for row in result["accuracy"] for v in row)
+    assert (out / "transfer_matrix.png").stat().st_size > 1000
+    assert "rows crafted on" in capsys.readouterr().out
+    assert main(["evaluate", str(a), "--attacks", "clean,fgsm", "--limit", "8"]) == 0
+    page = tmp_path / "r.html"
+    assert main(["report", str(a), str(out), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "&lt;b&gt;" in text and "<b>" not in text.replace("<b>worst case</b>", "")
+    assert "data:image/png;base64," in text and "fgsm" in text
+    assert main(["transfer-matrix", str(a), str(b), "--labels", "x"]) == 2
+    assert main(["report", str(a), "no-such-study-or-dir"]) == 2

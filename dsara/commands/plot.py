@@ -33,9 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _storage(study)
     _formats(study)
     study.set_defaults(func=cmd_study)
-    report = sub.add_parser("report", help="one self-contained HTML page about a study")
-    report.add_argument("name", metavar="NAME", help="study name")
-    report.add_argument("--out", type=Path, help="HTML file to write (default NAME-report.html)")
+    report = sub.add_parser("report", help="one self-contained HTML page about a study, or "
+                            "about evaluations and transfer matrices")
+    report.add_argument("name", metavar="NAME", nargs="+", help="a study name, or run "
+                        "directories / evaluation.json / transfer_matrix.json files (existing "
+                        "paths are read as evaluations)")
+    report.add_argument("--out", type=Path, help="HTML file to write (default NAME-report.html; "
+                        "evaluation-report.html for evaluations)")
     _storage(report)
     report.set_defaults(func=cmd_report)
 
@@ -89,6 +93,15 @@ def cmd_study(args) -> int:
 def cmd_report(args) -> int:
     from ..plot import write_report
 
-    study = load_study(args.name, args.storage)
-    print(write_report(study, args.out or Path(f"{args.name}-report.html")))
+    if all(Path(n).exists() for n in args.name):
+        from ..plot.evaluation import write_evaluation_report
+
+        print(write_evaluation_report(args.name, args.out or Path("evaluation-report.html")))
+        return 0
+    if len(args.name) > 1:
+        missing = next(n for n in args.name if not Path(n).exists())
+        raise DsaraError(f"{missing} does not exist; give one study name, or existing run "
+                         "directories and report files")
+    study = load_study(args.name[0], args.storage)
+    print(write_report(study, args.out or Path(f"{args.name[0]}-report.html")))
     return 0
