@@ -30,8 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = _add(cmds, "create", "create a study from a definition (idempotent)", cmd_create)
     c.add_argument("--from", dest="source", required=True, metavar="DEFINITION",
                    help=f"studies/NAME.toml or a known name ({', '.join(defs.list_definitions())})")
-    c.add_argument("--artifact-root", metavar="DIR", help="folder for the trials' run "
-                   f"directories, shared by all workers (default {manage.DEFAULT_ARTIFACT_ROOT})")
+    c.add_argument("--artifact-root", metavar="DIR_OR_S3_URL", help="folder for the trials' run "
+                   "directories and Optuna artifact store, shared by all workers, or s3://BUCKET"
+                   "[/PREFIX]: the artifact store in S3 (pip install \"dsara[s3]\"; "
+                   "AWS_ENDPOINT_URL etc. as usual) and run directories local to each worker, "
+                   f"so workers need no shared filesystem (default {manage.DEFAULT_ARTIFACT_ROOT})")
 
     r = _add(cmds, "run", "run a worker: trials until the study's budget is met", cmd_run)
     r.add_argument("--n-trials", type=int, metavar="N", help="at most N trials by this worker "
@@ -43,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--grace", type=int, default=GRACE_S, metavar="S", help="a running trial "
                    f"without a heartbeat for S seconds is failed and re-queued (default {GRACE_S})")
     r.add_argument("--artifact-root", metavar="DIR", help="where this machine sees the study's "
-                   "artifact root, if mounted elsewhere (default: as recorded on the study)")
+                   "artifact root, if mounted elsewhere; for an s3:// study, where this worker "
+                   "keeps its run directories (default: as recorded on the study; "
+                   f"{manage.DEFAULT_ARTIFACT_ROOT} for s3://)")
     r.add_argument("--plots", metavar="FILE.html", help="write the HTML report (dsara.plot) at "
                    "the end")
 

@@ -5,12 +5,15 @@ the artifact root, for resuming and reports) can work on it:
 
     study.user_attrs["definition"]         the study TOML as parsed (plain JSON)
     study.user_attrs["definition_sha256"]  its hash: `create` with another definition is refused
-    study.user_attrs["artifact_root"]      absolute folder holding <study>/trial-<N> run dirs
+    study.user_attrs["artifact_root"]      absolute folder holding <study>/trial-<N> run dirs and
+                                           the Optuna artifact store <study>/artifacts; or an
+                                           s3:// URL: the store (run dirs local to each worker)
     study.metric_names                     the objectives, e.g. ["clean_acc", "pgd_acc"]
 
 and on every complete trial: params (the swept values) and user_attrs "architecture" (an
 architecture file's content), "run_dir" (relative to the artifact root), "config" (the resolved
-SearchConfig), "metrics" (the last epoch's record and the objective values).
+SearchConfig), "metrics" (the last epoch's record and the objective values), "artifacts" (file
+name -> Optuna artifact id of the run directory's files and result.json, see `artifacts`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from ..archfile import Architecture, save_architecture
 from ..errors import DsaraError
+from .artifacts import is_s3, s3_store
 from .definition import StudyDefinition, definition_from_dict, load_definition
 from .storage import mask_url, open_storage, resolve_url
 
@@ -60,10 +64,7 @@ def create(name: str, source: str | Path, storage: str | None = None,
     st = open_storage(storage, create=True)
     if name in study_names(st):
         return _existing(name, definition, st, storage), False
-    root = Path(artifact_root or DEFAULT_ARTIFACT_ROOT).expanduser().resolve()
-    if (root / name).is_dir() and any((root / name).iterdir()):
-        raise DsaraError(f"{root / name} already holds runs of an earlier study named {name!r}; "
-                         "remove that folder, choose another name or pass --artifact-root")
+    root = _new_root(name, artifact_root)
     directions = ["maximize"] * len(definition.metrics)
     try:
         study = optuna.create_study(storage=st, study_name=name, directions=directions)
@@ -77,6 +78,19 @@ def create(name: str, source: str | Path, storage: str | None = None,
     study.set_user_attr("definition_source", Path(definition.source).name)
     study.set_user_attr("artifact_root", str(root))
     return study, True
+
+
+def _new_root(name: str, artifact_root: str | Path | None) -> str:
+    """The artifact root recorded on a new study: an absolute folder, or an s3:// URL (checked
+    to answer)."""
+    if is_s3(artifact_root):
+        s3_store(str(artifact_root), check=True)
+        return str(artifact_root).rstrip("/")
+    root = Path(artifact_root or DEFAULT_ARTIFACT_ROOT).expanduser().resolve()
+    if (root / name).is_dir() and any((root / name).iterdir()):
+        raise DsaraError(f"{root / name} already holds runs of an earlier study named {name!r}; "
+                         "remove that folder, choose another name or pass --artifact-root")
+    return str(root)
 
 
 def _existing(name: str, definition: StudyDefinition, st, storage: str | None):
@@ -104,7 +118,10 @@ def open_study(name: str, storage: str | None = None, st=None, *, sampler=None,
         raise DsaraError(f"study {name!r} has no dsara definition (it was not made by `dsara "
                          "study create`); create a dsara study under another name")
     definition = definition_from_dict(raw, f"study {name!r} definition")
-    root = Path(artifact_root or study.user_attrs.get("artifact_root") or DEFAULT_ARTIFACT_ROOT)
+    recorded = study.user_attrs.get("artifact_root")
+    if is_s3(recorded):  # the store is the bucket; run directories stay on this machine
+        recorded = None
+    root = Path(artifact_root or recorded or DEFAULT_ARTIFACT_ROOT)
     return Opened(study, definition, root)
 
 

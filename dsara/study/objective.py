@@ -2,7 +2,9 @@
 
 The trial's search runs in ``<artifact root>/<study>/trial-<N>``. A re-queued trial (its worker
 died) gets the number of the trial it retries from Optuna's retry record and continues that trial's
-run directory from its last checkpoint; ``resumed_from_epoch`` on the trial says where.
+run directory from its last checkpoint; ``resumed_from_epoch`` on the trial says where. The run
+directory's files also go to the study's Optuna artifact store after every epoch (`artifacts`), so
+a retry on a machine that does not see the dead worker's run directory resumes from the store.
 
 Objectives (all accuracies in [0, 1], maximized):
 
@@ -24,6 +26,7 @@ from typing import Any
 
 from ..search import run as search_run
 from ..search.rundir import RunDir
+from . import artifacts
 from .definition import StudyDefinition, retrain_config
 
 # bulky per-epoch fields left out of the metrics recorded on the trial (the run dir keeps them)
@@ -73,10 +76,14 @@ def objective(trial, definition: StudyDefinition, artifact_root: str | Path,
     trial.set_user_attr("config", cfg.to_dict())
     if origin is not None:
         trial.set_user_attr("retry_of", origin)
+    files = artifacts.TrialArtifacts(trial, artifacts.store_for(trial.study, artifact_root),
+                                     run_dir)
+    if origin is not None and not RunDir(run_dir).checkpoint.exists():
+        files.restore(origin)  # another machine: the dead attempt's files from the store
     resume = prepare_run_dir(run_dir, retry=origin is not None)
     log(f"trial {trial.number}: {'resuming ' + rel if resume else rel}"
         f"{' ' + _fmt(values) if values else ''}")
-    callbacks = [*_pruning_callbacks(trial, definition), stop_when(taken_over)]
+    callbacks = [stop_when(taken_over), files.after_epoch, *_pruning_callbacks(trial, definition)]
     result = search_run(cfg, callbacks=callbacks, resume=resume, progress=False)
     trial.set_user_attr("resumed_from_epoch", result.resumed_from or 0)
     metrics = {k: v for k, v in result.final.items() if k not in BULKY}
@@ -87,7 +94,9 @@ def objective(trial, definition: StudyDefinition, artifact_root: str | Path,
     metrics["objective"] = definition.objective
     trial.set_user_attr("architecture", result.architecture.to_dict())
     trial.set_user_attr("metrics", metrics)
-    return [float(metrics[m]) for m in definition.metrics]
+    objective_values = [float(metrics[m]) for m in definition.metrics]
+    files.finish(objective_values, metrics)
+    return objective_values
 
 
 def prepare_run_dir(run_dir: Path, retry: bool) -> bool:
