@@ -60,6 +60,7 @@ class BenchConfig:
     size: str = "proxy"  # proxy | small
     partial_k: list[int] = field(default_factory=lambda: [1])  # optimized path, each K
     compile: bool = False  # torch.compile the optimized path's supernet
+    precisions: list[str] = field(default_factory=lambda: ["auto"])  # optimized path, each
     stages: list[int] = field(default_factory=lambda: [1, 2])
     pgd_steps: int = 7  # reference: 7
     reference: bool = True  # also time the reference path (at partial_k 1)
@@ -75,14 +76,15 @@ class BenchConfig:
             raise DsaraError(f"stages must be 1 and/or 2, got {self.stages}")
         return self
 
-    def search_config(self, batch: int, partial_k: int) -> SearchConfig:
+    def search_config(self, batch: int, partial_k: int, precision: str = "auto") -> SearchConfig:
         space, image_size = SIZES[self.size]
         n = 2 * max(batch, 64)  # images per half; batches are drawn endlessly from it
         return SearchConfig(
             space=space, dataset="synthetic", partial_k=partial_k, batch_size=batch,
             synthetic={"n_train": 2 * n, "n_test": 16, "image_size": image_size},
             lr=0.025 * batch / BASE_BATCH, pgd_steps=self.pgd_steps, epochs=EPOCHS,
-            device=self.device, compile=self.compile, seed=self.seed, out="unused").validate()
+            device=self.device, compile=self.compile, seed=self.seed, precision=precision,
+            out="unused").validate()
 
 
 # ----------------------------------------------------------------------------- the paths
@@ -315,7 +317,8 @@ def run_bench(bc: BenchConfig) -> dict[str, Any]:
     for batch in bc.batches:
         for k in bc.partial_k:
             cfg = bc.search_config(batch, k)
-            paths = [lambda c=cfg: OptimizedStep(c)]
+            paths = [lambda c=bc.search_config(batch, k, p): OptimizedStep(c)
+                     for p in bc.precisions]
             if bc.reference and k == 1:
                 paths.append(lambda c=cfg: ReferenceStep(c, bc.workers))
             for make in paths:
@@ -332,19 +335,22 @@ def run_bench(bc: BenchConfig) -> dict[str, Any]:
 
 
 def summarize(cases: list[dict[str, Any]], bc: BenchConfig) -> list[dict[str, Any]]:
-    """Per (batch, partial_k): the speed-up over the reference per stage and the projected
-    hours of a 50-epoch CIFAR-10 search per path."""
+    """Per (batch, partial_k, optimized dtype): the speed-up over the reference per stage and
+    the projected hours of a 50-epoch CIFAR-10 search of both paths."""
     out = []
-    keys = sorted({(c["batch"], c["partial_k"]) for c in cases})
-    for batch, k in keys:
-        row: dict[str, Any] = {"batch": batch, "partial_k": k}
-        for path in ("optimized", "reference"):
+    keys = sorted({(c["batch"], c["partial_k"], c["dtype"]) for c in cases
+                   if c["path"] == "optimized"})
+    for batch, k, dtype in keys:
+        row: dict[str, Any] = {"batch": batch, "partial_k": k, "dtype": dtype}
+        picks = {"optimized": lambda c, d=dtype: c["path"] == "optimized" and c["dtype"] == d,
+                 "reference": lambda c: c["path"] == "reference"}
+        for path, pick in picks.items():
             ms = {c["stage"]: c["ms_median"] for c in cases
-                  if (c["path"], c["batch"], c["partial_k"]) == (path, batch, k)}
+                  if pick(c) and (c["batch"], c["partial_k"]) == (batch, k)}
             row[f"{path}_hours"] = projected_hours(ms, batch) if ms else None
         for stage in bc.stages:
-            ips = {c["path"]: c["images_per_s"] for c in cases
-                   if (c["batch"], c["partial_k"], c["stage"]) == (batch, k, stage)}
+            ips = {path: c["images_per_s"] for c in cases for path, pick in picks.items()
+                   if pick(c) and (c["batch"], c["partial_k"], c["stage"]) == (batch, k, stage)}
             row[f"speedup_stage{stage}"] = (ips["optimized"] / ips["reference"]
                                             if len(ips) == 2 else None)
         out.append(row)
@@ -384,12 +390,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {c['batch']} | {c['partial_k']} | {c['stage']} | {c['dtype']} | "
                      f"{c['layout']} | {c['ms_median']:.1f} ({c['ms_q1']:.1f}-{c['ms_q3']:.1f}) | "
                      f"{c['images_per_s']:.1f} | {peak} | {c['saved_activations_mb']:.1f} |")
-    lines += ["", f"| batch | K | speed-up stage 1 | speed-up stage 2 | projected {EPOCHS}-epoch "
-              "hours, optimized | ... reference |", "|---|---|---|---|---|---|"]
+    lines += ["", f"| batch | K | optimized dtype | speed-up stage 1 | speed-up stage 2 | "
+              f"projected {EPOCHS}-epoch hours, optimized | ... reference |",
+              "|---|---|---|---|---|---|---|"]
     for r in report["summary"]:
         cells = [_fmt(r.get("speedup_stage1"), "x"), _fmt(r.get("speedup_stage2"), "x"),
                  _fmt(r["optimized_hours"], " h"), _fmt(r["reference_hours"], " h")]
-        lines.append(f"| {r['batch']} | {r['partial_k']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['batch']} | {r['partial_k']} | {r['dtype']} | " + " | ".join(cells)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -412,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", type=int, action="append", help="1 and/or 2 (default both)")
     p.add_argument("--pgd-steps", type=int, default=7, help="PGD steps (default 7)")
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized supernet")
+    p.add_argument("--precision", action="append", choices=["auto", "fp32", "bf16"],
+                   help="optimized path's precision; repeatable to compare (default auto)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference path")
     p.add_argument("--workers", type=int, help="reference DataLoader workers (default 2 on "
                    "CUDA, 0 on CPU)")
@@ -420,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     bc = BenchConfig(device=args.device, batches=args.batch or [32, 256], steps=args.steps,
                      warmup=args.warmup, size=args.size, partial_k=args.partial_k or [1],
-                     compile=args.compile, stages=args.stage or [1, 2],
+                     compile=args.compile, precisions=args.precision or ["auto"],
+                     stages=args.stage or [1, 2],
                      pgd_steps=args.pgd_steps, reference=not args.no_reference,
                      workers=args.workers)
     try:

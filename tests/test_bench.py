@@ -14,21 +14,24 @@ from dsara.supernet import build_supernet
 def test_cpu_smoke_run_reports_both_paths_and_the_ratio(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     code = main(["--device", "cpu", "--size", "small", "--batch", "4", "--steps", "2",
-                 "--warmup", "1", "--pgd-steps", "1", "--json", str(out), "--markdown", str(md)])
+                 "--warmup", "1", "--pgd-steps", "1", "--precision", "auto", "--precision",
+                 "bf16", "--json", str(out), "--markdown", str(md)])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["device"].startswith("CPU") and report["space"] == "tiny"
-    cases = {(c["path"], c["stage"]): c for c in report["cases"]}
-    assert set(cases) == {(p, s) for p in ("optimized", "reference") for s in (1, 2)}
+    cases = {(c["path"], c["dtype"], c["stage"]): c for c in report["cases"]}
+    assert set(cases) == {(p, d, s) for p, d in (("optimized", "fp32"), ("reference", "fp32"),
+                                                 ("optimized", "bf16 autocast")) for s in (1, 2)}
     for c in cases.values():
         assert 0 < c["ms_q1"] <= c["ms_median"] <= c["ms_q3"]
         assert c["images_per_s"] == pytest.approx(2 * 4 / (c["ms_median"] / 1e3))
         assert c["saved_activations_mb"] > 0 and c["peak_mem_mb"] is None  # CPU: no peak
-        assert c["dtype"] == "fp32"
-    (row,) = report["summary"]
-    assert row["speedup_stage1"] > 0 and row["speedup_stage2"] > 0
-    assert row["optimized_hours"] > 0 and row["reference_hours"] > 0
-    assert "| optimized | 4 | 1 | 2 |" in md.read_text()
+    rows = {r["dtype"]: r for r in report["summary"]}
+    assert set(rows) == {"fp32", "bf16 autocast"}  # auto is fp32 on a CPU
+    for row in rows.values():
+        assert row["speedup_stage1"] > 0 and row["speedup_stage2"] > 0
+        assert row["optimized_hours"] > 0 and row["reference_hours"] > 0
+    assert "| optimized | 4 | 1 | 2 | fp32 |" in md.read_text()
 
 
 def test_projected_hours_by_hand():

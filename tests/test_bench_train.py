@@ -78,3 +78,27 @@ def test_cpu_smoke_run_reports_both_paths_the_ratio_and_the_eval_batch(tmp_path)
 def test_unknown_model_is_one_line_error(capsys):
     assert main(["--device", "cpu", "--size", "small", "--model", "arnas", "--batch", "0"]) == 2
     assert "batches >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_step_never_syncs_with_the_host_on_cuda():
+    from dsara.data import SyntheticConfig, load_dataset
+
+    cuda = torch.device("cuda")
+    model = build_model("ARNAS", cells=5, channels=8)
+    params = AdvParams(eps=8 / 255, step_size=2 / 255, steps=2, aux_weight=0.4)
+    train, _, _ = load_dataset("synthetic", synthetic=SyntheticConfig(n_train=128))
+    for method in ("pgd-at", "trades"):
+        step = OptimizedTrainStep(copy.deepcopy(model), train, 16, method, params, cuda)
+        assert step.bf16 and step.layout == "channels_last"  # auto on CUDA
+        for _ in range(3):  # warm-up: cuDNN autotuning, optimizer state
+            step()
+        torch.cuda.synchronize()
+        before = [p.detach().clone() for p in step.model.parameters()]
+        torch.cuda.set_sync_debug_mode("error")  # any host sync inside the step raises
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters()))
