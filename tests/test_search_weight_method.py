@@ -26,7 +26,8 @@ def test_weight_step_follows_the_chosen_method(tmp_path):
     torch.manual_seed(5)
     stats = weight_step(s.model, None, y, s.w_opt, s.cfg, s.amp, s.weights, x=x)
     torch.manual_seed(5)
-    p = AdvParams(s.cfg.eps, s.cfg.step_size, s.cfg.pgd_steps, beta=3.0)
+    p = AdvParams(s.cfg.eps, s.cfg.step_size, s.cfg.pgd_steps, beta=3.0, craft_mode="eval",
+                  start="normal")  # TRADES: eval mode, x + 0.001 N(0, 1)
 
     class Aux(torch.nn.Module):
         def __init__(self, m):

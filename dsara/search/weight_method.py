@@ -4,7 +4,8 @@ The DSARA authors train the supernet's weights with PGD-AT (CE on PGD examples),
 ``--set weight_method=trades`` (or any name of `dsara.train.losses.METHODS` that needs no run-level
 setup) trains them with that method's loss instead, crafted by the method itself from the clean
 weight-train batch with the search's eps, step size and PGD steps, so a search can use the loss
-its architecture will be retrained with. ``weight_method_options`` holds the method's constants
+its architecture will be retrained with (the method's own attack mode and start included: TRADES
+crafts in eval mode from x + 0.001 N(0, 1), as in `dsara train`). ``weight_method_options`` holds the method's constants
 (as ``method_options`` of `dsara train`), ``weight_beta`` the TRADES / MART beta.
 """
 
@@ -50,11 +51,13 @@ def check_weight_method(name: str, options: dict[str, Any]) -> None:
 def method_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, amp
                 ) -> torch.Tensor:
     """The weight step's loss under cfg.weight_method on the clean batch (x, y)."""
-    from ..train.losses import METHODS, AdvParams
+    from ..train.losses import AdvParams, get_method
     from ..train.methods import method_options
 
+    spec = get_method(cfg.weight_method)  # the method's own attack mode and start
     params = AdvParams(cfg.eps, cfg.step_size, cfg.pgd_steps, cfg.weight_beta, 0.0,
-                       method_options(cfg.weight_method, cfg.weight_method_options))
+                       method_options(cfg.weight_method, cfg.weight_method_options),
+                       craft_mode=spec.craft_mode, start=spec.start)
     with amp():
-        loss, _terms = METHODS[cfg.weight_method][0](_WithAux(model), x, y, params)
+        loss, _terms = spec.fn(_WithAux(model), x, y, params)
     return loss.float()

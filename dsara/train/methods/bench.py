@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,9 +24,8 @@ from ...bench import device_name
 from ...data import SyntheticConfig, load_dataset
 from ...device import resolve_device
 from ...models import build_model
-from ..loop import TrainConfig, make_optimizer, train_step
-from ..losses import METHODS, AdvParams
-from . import method_options
+from ..loop import TrainConfig, adv_params, make_optimizer, train_step
+from ..losses import METHODS
 
 # (label, method, method_options): every method at its defaults, plus the adversarial variants
 CASES = [(m, m, {}) for m in METHODS] + [
@@ -62,8 +60,7 @@ def _case_step(bc: MethodBenchConfig, base, method: str, options: dict, x, y, de
                       device=str(device)).resolved()
     fn = METHODS[method][0]
     aux = model.macro.auxiliary_weight if getattr(model, "has_auxiliary", False) else 0.0
-    p = AdvParams(cfg.eps, cfg.step_size, cfg.steps, cfg.beta, aux,
-                  method_options(method, cfg.method_options))
+    p = adv_params(cfg, aux)  # the method's own attack mode and start, as dsara train
     opt, _ = make_optimizer(model, cfg)
     gen = torch.Generator(device).manual_seed(bc.seed)
     return lambda: train_step(model, x, y, fn, p, opt, cfg.grad_clip, gen)
