@@ -166,3 +166,16 @@ def test_so_krylov_is_an_evaluate_attack():
     report = evaluate(tiny_net(), data, ["clean", "pgd20", "so-krylov"], 8 / 255)
     assert set(report.accuracy) == {"clean", "pgd20", "so-krylov"}
     assert report.accuracy["so-krylov"] <= report.accuracy["clean"]
+
+
+def test_compare_solvers_rows():
+    from dsara.krylov import compare_solvers
+
+    model, (x, y) = tiny_net(), batch()
+    rows = compare_solvers(model, x, y, iters=(1, 4), repeats=1)
+    assert [(r["solver"], r["iters"]) for r in rows] == [
+        (s, m) for s in SOLVERS for m in (1, 4)]
+    by = {(r["solver"], r["iters"]): r for r in rows}
+    for s in SOLVERS:  # one iteration: sign(d) = sign(g); more: a smaller residual
+        assert by[(s, 1)]["sign_agreement_with_g"] == pytest.approx(1.0)
+        assert by[(s, 4)]["relative_residual"] < by[(s, 1)]["relative_residual"]
