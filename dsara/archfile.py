@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DsaraError
-from .files import write_json_atomic
+from .files import read_text, write_json_atomic
 from .genotype import Genotype, get_published, parse_genotype, published_space
 from .space import Macro, load_space
 
@@ -89,12 +89,7 @@ def save_architecture(arch: Architecture, path: str | Path) -> Path:
 
 def load_architecture(path: str | Path) -> Architecture:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DsaraError(f"architecture file {path} does not exist") from None
-    except OSError as e:
-        raise DsaraError(f"cannot read architecture file {path}: {e.strerror}") from None
+    text = read_text(path, "architecture file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

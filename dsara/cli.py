@@ -2,7 +2,8 @@
 
 Each command module defines ``register(subparsers)`` which adds its parser(s) and sets
 ``func(args) -> int`` as the default. Errors of the user's making are `DsaraError`s and print as one
-line without a traceback.
+line without a traceback; so do operating-system errors (a full disk, a path that is a file) that
+reach this far.
 """
 
 from __future__ import annotations
@@ -54,3 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dsara: interrupted", file=sys.stderr)
         return 130
+    except (OSError, UnicodeDecodeError) as e:  # a backstop: most paths already say more
+        print(f"dsara: error: {os_message(e)}", file=sys.stderr)
+        return 2
+
+
+def os_message(e: OSError | UnicodeDecodeError) -> str:
+    """One line for an operating-system error no command caught: the path and what to do."""
+    if isinstance(e, UnicodeDecodeError):
+        return (f"a file given is not UTF-8 text ({e.reason} at byte {e.start}); check the file "
+                "paths on the command line")
+    path = f" {e.filename}" if e.filename else ""
+    also = f" -> {e.filename2}" if e.filename2 else ""
+    return (f"cannot use{path}{also}: {e.strerror or type(e).__name__}; check the path, its "
+            "permissions and the free space")

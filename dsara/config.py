@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DsaraError
+from .files import read_text
 
 
 def read_toml(path: Path) -> dict:
     """Read a TOML file; a syntax error names the file and the position."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise DsaraError(f"cannot read {path}: {e.strerror}") from None
+    text = read_text(path, "TOML file")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

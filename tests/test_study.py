@@ -185,7 +185,7 @@ def test_a_trial_taken_over_by_another_worker_is_not_told_twice(tmp_path, monkey
     db = storage_url(tmp_path)
     manage.create("to", write_definition(tmp_path, budget__n_trials=1), db, tmp_path / "art")
 
-    def failed_as_stale_meanwhile(trial, definition, root, log, taken_over=None):
+    def failed_as_stale_meanwhile(trial, definition, root, log, **kwargs):
         trial.study._storage.set_trial_state_values(trial._trial_id,
                                                     state=optuna.trial.TrialState.FAIL)
         return [0.5, 0.5]

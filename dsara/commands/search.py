@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from ..config import normalize_overrides
+from ..lock import BREAK_LOCK_HELP, break_lock
 from ..search import SearchConfig, load_search_config, run
 
 S = argparse.SUPPRESS
@@ -66,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="progress bar (default: on a terminal)")
     p.add_argument("--plots", action="store_true", help="at the end, draw the searched cells and "
                    "the search curves into RUN_DIR/plots (SVG and PNG)")
+    p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
     p.set_defaults(func=cmd_search)
 
 
@@ -88,6 +90,8 @@ def build_config(args) -> SearchConfig:
 
 def cmd_search(args) -> int:
     cfg = build_config(args)
+    if args.break_lock:
+        break_lock(cfg.out)
     result = run(cfg, resume=bool(args.resume), progress=args.progress)
     final = result.final
     print(f"search finished: {len(result.history)} epochs; arch-val clean "

@@ -8,12 +8,14 @@ import signal
 import sys
 from pathlib import Path
 
+from ..files import write_text_atomic
 from ..study import definition as defs
 from ..study import manage, report
 from ..study.storage import (
     DEFAULT_STORAGE,
     GRACE_S,
     HEARTBEAT_S,
+    RETRY_S,
     mask_url,
     open_storage,
     resolve_url,
@@ -45,12 +47,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"seconds between heartbeats of a running trial (default {HEARTBEAT_S})")
     r.add_argument("--grace", type=int, default=GRACE_S, metavar="S", help="a running trial "
                    f"without a heartbeat for S seconds is failed and re-queued (default {GRACE_S})")
+    r.add_argument("--db-retry", type=float, default=RETRY_S, metavar="S", help="keep retrying "
+                   "a database that went away (a restart, a failover) for S seconds while the "
+                   f"running trial goes on; then stop (default {RETRY_S}; 0 = fail at once)")
     r.add_argument("--artifact-root", metavar="DIR", help="where this machine sees the study's "
                    "artifact root, if mounted elsewhere; for an s3:// study, where this worker "
                    "keeps its run directories (default: as recorded on the study; "
                    f"{manage.DEFAULT_ARTIFACT_ROOT} for s3://)")
     r.add_argument("--plots", metavar="FILE.html", help="write the HTML report (dsara.plot) at "
                    "the end")
+    r.add_argument("--break-lock", action="store_true", help="a trial's run directory is locked "
+                   "by a dead process on another host (a shared filesystem): take it over; "
+                   "refused if the holder is a live process on this host")
 
     _add(cmds, "status", "trials by state and the best or Pareto trials", cmd_status)
     _add(cmds, "list", "studies in the storage", cmd_list, name=False)
@@ -103,7 +111,8 @@ def cmd_run(args) -> int:
     with _sigterm_as_interrupt():
         summary = run_worker(args.name, args.storage, args.n_trials, args.timeout,
                              args.heartbeat, args.grace, args.artifact_root,
-                             log=lambda line: print(line, flush=True))
+                             log=lambda line: print(line, flush=True), retry_s=args.db_retry,
+                             break_lock=args.break_lock)
     print(f"worker done: {len(summary.completed)} complete, {len(summary.failed)} failed, "
           f"{len(summary.pruned)} pruned; stopped because {summary.stopped}")
     if args.plots:
@@ -184,8 +193,7 @@ def cmd_report(args) -> int:
     else:
         text = report.report_markdown(study)
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text, encoding="utf-8")
+            write_text_atomic(args.out, text)
     if args.out:
         print(args.out)
     else:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import apply_overrides, read_toml
+from ..lock import BREAK_LOCK_HELP, break_lock
 from ..train.loop import METHODS, config_from_dict, run
 from ..train.recipes import RECIPES
 
@@ -115,6 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override any TrainConfig field (beta=5, synthetic.noise=0.1)")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs in this call; "
                    "run again to continue")
+    p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
     p.set_defaults(func=cmd_train)
 
 
@@ -131,6 +133,8 @@ def build_config(args):
 
 def cmd_train(args) -> int:
     cfg = build_config(args)
+    if args.break_lock:
+        break_lock(cfg.out)
     if (Path(cfg.out) / "last.pt").exists():
         print(f"resuming the run in {cfg.out}")
     result = run(cfg, max_epochs=args.max_epochs)

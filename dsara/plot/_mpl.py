@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DsaraError
+from ..files import ensure_dir
 
 FORMATS = ("svg", "png")
 DPI = 150  # PNG pixels per inch: sharp on screens and in the README without huge files
@@ -35,7 +36,7 @@ def check_formats(formats) -> tuple[str, ...]:
 def save(fig, stem: Path, formats=FORMATS) -> list[Path]:
     """Write `fig` as stem.svg / stem.png (white background, so no viewer shows it transparent)."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(stem.parent, "output folder")
     paths = []
     for fmt in check_formats(formats):
         path = stem.with_name(f"{stem.name}.{fmt}")

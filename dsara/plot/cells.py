@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..archfile import Architecture, resolve_architecture
 from ..errors import DsaraError
+from ..files import ensure_dir
 from ..genotype import CellGenotype
 from . import _mpl
 
@@ -104,7 +105,7 @@ def draw_cell(cell: CellGenotype, stem: str | Path, title: str = "", formats=_mp
     exe = _dot_exe(engine)
     if exe is None:
         return _mpl.save(_cell_figure(cell, title), stem, formats)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(stem.parent, "output folder")
     dot = cell_dot(cell, title)
     return [_render_dot(dot, exe, stem.with_name(f"{stem.name}.{fmt}"), fmt) for fmt in formats]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..archfile import Architecture
 from ..errors import DsaraError
-from ..files import write_text_atomic
+from ..files import ensure_dir, write_text_atomic
 from . import _mpl
 from .cells import draw_cell
 from .search import curves_figure, load_run
@@ -132,7 +132,7 @@ def render_report(study, tmp: Path) -> str:
 def write_report(study, out_path: str | Path) -> Path:
     """Write the study's self-contained HTML report to out_path (atomically); returns the path."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_path.parent, "output folder")
     with tempfile.TemporaryDirectory(prefix="dsara-report-") as tmp:
         text = render_report(study, Path(tmp))
     write_text_atomic(out_path, text)

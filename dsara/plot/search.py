@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from ..errors import DsaraError
+from ..files import read_text
 from . import _mpl
 
 CURVES = "search_curves"
@@ -27,7 +28,7 @@ CURVES = "search_curves"
 def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSON-lines file; a torn last line (a run writing right now) is skipped."""
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "run log").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -47,7 +48,7 @@ def load_run(run_dir: str | Path) -> dict:
         raise DsaraError(f"{run_dir} is not a search run directory (no metrics.jsonl or "
                          "alpha_history.jsonl); pass the directory a `dsara search` wrote")
     config_path = run_dir / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = json.loads(read_text(config_path, "search config")) if config_path.is_file() else {}
     return {
         "config": config,
         "metrics": read_jsonl(metrics_path) if metrics_path.is_file() else [],

@@ -32,6 +32,7 @@ from ..data import Loader, SyntheticConfig, load_dataset, split_train
 from ..device import resolve_device, use_bf16, use_channels_last
 from ..errors import DsaraError, Interrupted
 from ..genotype import Genotype
+from ..lock import run_lock
 from ..space import SearchSpace, load_space
 from ..supernet import Supernet
 from . import distributed
@@ -211,15 +212,22 @@ def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], Non
     """
     rd = RunDir(config.out)
     cfg = resolve_resume(config, rd) if resume else config.validate()
+    _check_new(rd, resume)
+    # one process owns the run directory (rank 0 of a torchrun job: the only one that writes)
+    with run_lock(rd.path) if distributed.from_env().main else contextlib.nullcontext():
+        _check_new(rd, resume)  # again: another search may have started meanwhile
+        seed_everything(cfg.seed, cfg.deterministic)
+        dist, device, created = distributed.setup(resolve_device(cfg.device))
+        try:
+            return _run(cfg, rd, Search(cfg, dist, device), callbacks, resume, progress)
+        finally:
+            distributed.teardown(created)
+
+
+def _check_new(rd: RunDir, resume: bool) -> None:
     if not resume and rd.has_search():
         raise DsaraError(f"{rd.path} already holds a search; continue it with --resume "
                          f"{rd.path} or choose another --out")
-    seed_everything(cfg.seed, cfg.deterministic)
-    dist, device, created = distributed.setup(resolve_device(cfg.device))
-    try:
-        return _run(cfg, rd, Search(cfg, dist, device), callbacks, resume, progress)
-    finally:
-        distributed.teardown(created)
 
 
 def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, resume: bool,

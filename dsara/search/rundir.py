@@ -13,14 +13,13 @@ beyond the checkpoint's epoch are dropped, so logs and checkpoint always agree.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import DsaraError
-from ..files import atomic_write, write_json_atomic, write_text_atomic
+from ..files import append_line, atomic_write, read_text, write_json_atomic, write_text_atomic
 
 
 class RunDir:
@@ -43,7 +42,7 @@ class RunDir:
             raise DsaraError(f"{self.path} holds no search (no config.json); check the path "
                              "given to --resume")
         try:
-            return json.loads(self.config.read_text(encoding="utf-8"))
+            return json.loads(read_text(self.config, "search config"))
         except json.JSONDecodeError:
             raise DsaraError(f"{self.config} is corrupt; the run cannot be resumed") from None
 
@@ -80,18 +79,14 @@ class RunDir:
 
 
 def _append_line(path: Path, obj: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(obj) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_line(path, json.dumps(obj))
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path, "run log").splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a kill: it will be rewritten

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..lock import LOCK_NAME, run_lock
 from ..search import run as search_run
 from ..search.rundir import RunDir
 from . import artifacts
@@ -62,14 +63,21 @@ def stop_when(event) -> Callable[[dict], None]:
 
 
 def objective(trial, definition: StudyDefinition, artifact_root: str | Path,
-              log=print, taken_over=None) -> list[float]:
+              log=print, taken_over=None, break_lock: bool = False) -> list[float]:
     """Run the trial; record architecture, config, metrics and run dir on it; return its values.
 
-    `taken_over` (a threading.Event set by the heartbeat) stops the search when another worker
-    has re-queued this trial, so two workers never keep writing the same run directory."""
+    The trial owns its run directory (`dsara.lock`) while it runs. `taken_over` (a threading.Event
+    set by the heartbeat) stops the search when another worker has re-queued this trial, so two
+    workers never keep writing the same run directory."""
     origin = retried_number(trial)
     rel = trial_run_dir(trial.study.study_name, trial.number if origin is None else origin)
     run_dir = Path(artifact_root) / rel
+    with run_lock(run_dir, break_stale=break_lock):
+        return _objective(trial, definition, run_dir, rel, origin, log, taken_over)
+
+
+def _objective(trial, definition: StudyDefinition, run_dir: Path, rel: str, origin: int | None,
+               log, taken_over) -> list[float]:
     values = {name: p.suggest(trial) for name, p in definition.params.items()}
     cfg = definition.search_config(values, run_dir)
     trial.set_user_attr("run_dir", rel)
@@ -105,7 +113,10 @@ def prepare_run_dir(run_dir: Path, retry: bool) -> bool:
     if rd.checkpoint.exists():
         return True
     if retry and rd.has_search():  # the dead worker got no epoch done: clear its partial files
-        shutil.rmtree(run_dir)
+        for path in run_dir.iterdir():
+            if path.name == LOCK_NAME:  # held by this trial: deleting it would free the lock
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     return False
 
 

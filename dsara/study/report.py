@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..files import write_text_atomic
+
 FORMATS = ("csv", "md")
 
 
@@ -87,8 +89,7 @@ def write_table(df: pd.DataFrame, fmt: str, out: str | Path | None = None) -> st
     """The table as CSV or markdown text; written to `out` as well when given."""
     text = df.to_csv(index=False) if fmt == "csv" else markdown(df) + "\n"
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text, encoding="utf-8")
+        write_text_atomic(out, text)
     return text
 
 

@@ -10,6 +10,8 @@
 - Heartbeats: every worker records one per running trial every `heartbeat_s`; a trial whose last
   heartbeat is older than `grace_s` belongs to a dead worker. The next worker that claims a trial
   fails it and re-queues it (`RetryHeartbeatStaleTrialCallback`, up to `max_retry` times).
+- Workers retry calls that lost their connection (a server restart) for ``--db-retry`` seconds;
+  see `dsara.study.retry`.
 - Passwords never appear in messages: `mask_url` renders URLs with ``***``.
 """
 
@@ -33,6 +35,7 @@ PG_MAX_OVERFLOW = 2  # extra connections allowed at a peak (the claim lock holds
 CONNECT_TIMEOUT_S = 10  # an unreachable server fails in seconds, not minutes
 HEARTBEAT_S = 60  # a running trial's heartbeat period
 GRACE_S = 180  # a trial without a heartbeat for this long is stale: its worker died
+RETRY_S = 300  # a worker keeps retrying a database that went away for this long (--db-retry)
 
 
 def resolve_url(storage: str | None) -> str:
@@ -76,13 +79,17 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def open_storage(storage: str | None = None, *, create: bool = False, heartbeat_s: int = HEARTBEAT_S,
-                 grace_s: int = GRACE_S, max_retry: int | None = 2):
+                 grace_s: int = GRACE_S, max_retry: int | None = 2, retry_s: float = 0,
+                 log=None):
     """An `optuna.storages.RDBStorage` with heartbeats, or a one-line DsaraError.
 
     Without `create`, a SQLite file must exist already: opening would silently create an empty
-    database as a side effect of a typo.
+    database as a side effect of a typo. With `retry_s` > 0 (study workers), calls that lose the
+    connection to a database server are retried for up to that many seconds (`retry`).
     """
     import optuna
+
+    from .retry import RetryingRDBStorage
 
     if not 1 <= heartbeat_s < grace_s:
         raise DsaraError(f"heartbeat every {heartbeat_s} s with a grace period of {grace_s} s: the "
@@ -99,7 +106,7 @@ def open_storage(storage: str | None = None, *, create: bool = False, heartbeat_
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeats are "experimental" in Optuna 5
-            return optuna.storages.RDBStorage(
+            st = RetryingRDBStorage(
                 url, engine_kwargs=engine_kwargs(url), heartbeat_interval=heartbeat_s,
                 grace_period=grace_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -107,6 +114,10 @@ def open_storage(storage: str | None = None, *, create: bool = False, heartbeat_
     except Exception as e:  # the driver's message, first line, password scrubbed
         raise DsaraError(f"cannot open storage {mask_url(url)}: {_reason(e, url)}; check the "
                          "URL and the server, or pass --storage / set DSARA_STORAGE") from None
+    st.retry_s, st.describe = retry_s, (lambda e: _reason(e, url))
+    if log is not None:
+        st.log = log
+    return st
 
 
 def _reason(e: Exception, url: str) -> str:
@@ -117,12 +128,14 @@ def _reason(e: Exception, url: str) -> str:
 
 
 @contextlib.contextmanager
-def claim_lock(storage, study_name: str) -> Iterator[None]:
-    """Serialize "count the trials, then ask for one" across every worker of a study.
+def claim_lock(storage, study_name: str) -> Iterator[bool]:
+    """Serialize "count the trials, then ask for one" across every worker of a study; yields
+    whether there is a lock.
 
-    PostgreSQL: a session advisory lock (released by the server if the worker dies); MySQL:
-    GET_LOCK; SQLite: an exclusive lock on a file beside the database (one machine). Other
-    backends get no lock: the trial budget may then be overshot by up to (workers - 1).
+    PostgreSQL: a session advisory lock (released by the server if the worker dies or the server
+    restarts: a failed unlock is then harmless); MySQL: GET_LOCK; SQLite: an exclusive lock on a
+    file beside the database (one machine). Other backends get no lock: the trial budget may then
+    be overshot by up to (workers - 1).
     """
     from sqlalchemy import text
 
@@ -133,26 +146,40 @@ def claim_lock(storage, study_name: str) -> Iterator[None]:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             conn.commit()
             try:
-                yield
+                yield True
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+                with _unless_connection_lost():
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
     elif dialect == "mysql":
         with storage.engine.connect() as conn:
             conn.execute(text("SELECT GET_LOCK(:k, -1)"), {"k": f"dsara-{key}"})
             try:
-                yield
+                yield True
             finally:
-                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": f"dsara-{key}"})
+                with _unless_connection_lost():
+                    conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": f"dsara-{key}"})
     elif (path := sqlite_path(str(storage.url))) is not None:
         with open(f"{path}.lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
     else:
+        yield False
+
+
+@contextlib.contextmanager
+def _unless_connection_lost() -> Iterator[None]:
+    """A lost connection took its session lock with it: nothing left to release."""
+    from .retry import is_connection_error
+
+    try:
         yield
+    except Exception as e:
+        if not is_connection_error(e):
+            raise
 
 
 class Heartbeat:
@@ -175,11 +202,16 @@ class Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if self.storage.get_trial(self.trial_id).state.is_finished():
-                    self.taken_over.set()  # the search stops at its next epoch boundary
-                    return
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # a network blip: the next beat retries; the grace period covers it
-                pass
+        from .retry import no_retry
+
+        wait = self.interval
+        with no_retry():  # this loop is the retry: it never blocks on an unreachable database
+            while not self._stop.wait(wait):
+                try:
+                    if self.storage.get_trial(self.trial_id).state.is_finished():
+                        self.taken_over.set()  # the search stops at its next epoch boundary
+                        return
+                    self.storage.record_heartbeat(self.trial_id)
+                    wait = self.interval
+                except Exception:  # the database is away: beat again soon, so that a restarted
+                    wait = min(self.interval, 1.0)  # server hears from this trial within 1 s

@@ -9,6 +9,10 @@ always taken first: it replaces a failed one and does not add to the count. Whil
 met only by counting running trials, a worker waits (polling every heartbeat period) instead of
 leaving: if one of those trials fails, or its worker dies, it takes over.
 
+A worker outlives a restart of the database server (`retry`): its storage calls are retried with
+backoff for up to ``retry_s`` seconds while the running search goes on; a claim is retried as a
+whole, and the trial of a claim that died half-way is re-queued by the next claim.
+
 Samplers are not stored: every claim builds the definition's sampler seeded with ``seed + number of
 trials so far``, so concurrent workers never draw the same values and one worker is reproducible.
 """
@@ -25,6 +29,7 @@ from ..errors import DsaraError, Interrupted
 from .definition import StudyDefinition
 from .manage import open_study
 from .objective import objective
+from .retry import RETRY_S, DatabaseUnreachable, no_retry, orphans
 from .storage import GRACE_S, HEARTBEAT_S, Heartbeat, claim_lock, open_storage
 
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of burning budget
@@ -66,10 +71,13 @@ def claim(study, definition: StudyDefinition, storage):
     import optuna
     from optuna.trial import TrialState
 
-    with claim_lock(storage, study.study_name):
+    with no_retry(), claim_lock(storage, study.study_name) as locked:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # dead workers' trials: failed, re-queued
+        if locked:
+            for trial_id in orphans(storage, study._study_id):
+                requeue(study, trial_id, definition)
         trials = study.get_trials(deepcopy=False)
         states = Counter(t.state for t in trials)
         if states[TrialState.WAITING] == 0:
@@ -80,18 +88,21 @@ def claim(study, definition: StudyDefinition, storage):
         study.sampler = make_sampler(definition, definition.seed + len(trials))
         with warnings.catch_warnings():  # heartbeats are recorded by `Heartbeat`, not optimize()
             warnings.simplefilter("ignore", UserWarning)
-            return study.ask()
+            trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)  # under the lock: see `retry.orphans`
+        return trial
 
 
 def run_worker(name: str, storage: str | None = None, n_trials: int | None = None,
                timeout: float | None = None, heartbeat_s: int = HEARTBEAT_S,
                grace_s: int = GRACE_S, artifact_root: str | Path | None = None,
-               log=print) -> WorkerSummary:
+               log=print, retry_s: float = RETRY_S, break_lock: bool = False) -> WorkerSummary:
     """Run trials of study `name` until its budget is met, or `n_trials` / `timeout` (seconds)
-    of this worker are used up."""
+    of this worker are used up. A database that goes away is retried for `retry_s` seconds."""
     import optuna
 
-    st = open_storage(storage, heartbeat_s=heartbeat_s, grace_s=grace_s)
+    st = open_storage(storage, heartbeat_s=heartbeat_s, grace_s=grace_s, retry_s=retry_s,
+                      log=log)
     opened = open_study(name, storage, st, artifact_root=artifact_root)  # + stored definition
     study, definition, root = opened.study, opened.definition, opened.artifact_root
     with warnings.catch_warnings():
@@ -108,7 +119,7 @@ def run_worker(name: str, storage: str | None = None, n_trials: int | None = Non
         if timeout is not None and time.monotonic() - start >= timeout:
             summary.stopped = f"this worker's timeout of {timeout:g} s passed"
             break
-        trial = claim(study, definition, st)
+        trial = st.retry(lambda: claim(study, definition, st), "the claim of a trial")
         if trial is None:
             summary.stopped = f"the study has its {definition.n_trials} complete trials"
             break
@@ -119,7 +130,7 @@ def run_worker(name: str, storage: str | None = None, n_trials: int | None = Non
             time.sleep(heartbeat_s)
             continue
         waiting = False
-        state = run_one(study, trial, definition, root, st, heartbeat_s, log)
+        state = run_one(study, trial, definition, root, st, heartbeat_s, log, break_lock)
         {"COMPLETE": summary.completed, "FAIL": summary.failed,
          "PRUNED": summary.pruned}[state].append(trial.number)
         failures = failures + 1 if state == "FAIL" else 0
@@ -130,20 +141,23 @@ def run_worker(name: str, storage: str | None = None, n_trials: int | None = Non
 
 
 def run_one(study, trial, definition: StudyDefinition, root: Path, storage, heartbeat_s: int,
-            log) -> str:
+            log, break_lock: bool = False) -> str:
     """Run one claimed trial and tell the study; returns the trial's final state name."""
     import optuna
     from optuna.trial import TrialState
 
     with Heartbeat(storage, trial._trial_id, heartbeat_s) as beat:
         try:
-            values = objective(trial, definition, root, log, taken_over=beat.taken_over)
+            values = objective(trial, definition, root, log, taken_over=beat.taken_over,
+                               break_lock=break_lock)
         except optuna.TrialPruned as e:
             study.tell(trial, state=TrialState.PRUNED)
             log(f"trial {trial.number}: {e}")
             return "PRUNED"
+        except DatabaseUnreachable:
+            raise  # the trial stays RUNNING: the next worker re-queues it once it is stale
         except (KeyboardInterrupt, Interrupted):
-            requeue(study, trial, definition)  # stopped by the user or SIGTERM: resume later
+            requeue(study, trial._trial_id, definition)  # stopped by user or SIGTERM: resume later
             raise Interrupted(f"interrupted: trial {trial.number} of study {study.study_name!r} "
                              "was re-queued; the next `dsara study run` resumes it from its "
                              "last checkpoint") from None
@@ -183,13 +197,13 @@ def _fail(study, trial, error: Exception, log) -> str:
     return "FAIL"
 
 
-def requeue(study, trial, definition: StudyDefinition) -> None:
+def requeue(study, trial_id: int, definition: StudyDefinition) -> None:
     """Fail an interrupted trial and queue its retry at once (as the heartbeat check would later)."""
     import optuna
     from optuna.trial import TrialState
 
-    study.tell(trial, state=TrialState.FAIL)
-    frozen = study._storage.get_trial(trial._trial_id)
+    study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    frozen = study._storage.get_trial(trial_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=definition.max_retry)(

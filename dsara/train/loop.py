@@ -35,7 +35,8 @@ from ..attacks import parse_eps, pgd
 from ..data import DATASETS, Loader, SyntheticConfig, load_dataset, split_train
 from ..device import LAYOUTS, PRECISIONS, resolve_device, use_bf16, use_channels_last
 from ..errors import DsaraError
-from ..files import write_json_atomic
+from ..files import read_text, write_json_atomic
+from ..lock import run_lock
 from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
 from .losses import AUX_INPUTS, CRAFT_MODES, METHODS, STARTS, AdvParams, Terms, get_method
 from .methods import method_options, prepare_loader, resolve_options
@@ -415,6 +416,11 @@ def run(config: TrainConfig, max_epochs: int | None = None,
     """Train (or resume) the run in ``config.out``. `max_epochs` caps the epochs done by this call
     (a time-sliced job); calling again continues where it stopped."""
     cfg = config.resolved()
+    with run_lock(cfg.out):  # one process per run directory, for this process's whole run
+        return _run(cfg, max_epochs, log)
+
+
+def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None]) -> TrainResult:
     run_dir = Path(cfg.out)
     device = torch.device(cfg.device)
     fit, val, test, info = load_data(cfg)
@@ -509,12 +515,11 @@ def config_from_dict(raw: dict[str, Any], where: str = "train config") -> TrainC
 def read_config(run_dir: str | Path) -> TrainConfig:
     """The resolved config of a run directory."""
     path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise DsaraError(f"{run_dir} has no config.json; is it a `dsara train` run directory?")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DsaraError(f"{run_dir} has no config.json; is it a `dsara train` run directory?") \
-            from None
-    except (OSError, json.JSONDecodeError) as e:
+        d = json.loads(read_text(path, "train config"))
+    except json.JSONDecodeError as e:
         raise DsaraError(f"cannot read {path}: {e}") from None
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in known})
