@@ -1,7 +1,7 @@
 """The architecture file: a versioned JSON record of a searched (or published) architecture.
 
 It holds the genotype of every cell type, the macro layout at the retraining size (stages, C, cells,
-auxiliary head) and provenance (space, search config, dsara version). It is what a search writes, a
+auxiliary head, input normalization on or off) and provenance (space, search config, dsara version). It is what a search writes, a
 study exports, and `dsara train` / `dsara.build_model` read. Loading validates every field.
 """
 
@@ -19,7 +19,9 @@ from .files import read_text, write_json_atomic
 from .genotype import Genotype, get_published, parse_genotype, published_space
 from .space import Macro, load_space
 
-SCHEMA_VERSION = 1
+# 2: macro.normalize (input normalization on/off). A version-1 file has no such key and loads with
+# normalize = true, the only behaviour dsara had when it was written, so it rebuilds the same network.
+SCHEMA_VERSION = 2
 KIND = "dsara.architecture"
 
 

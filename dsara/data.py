@@ -1,8 +1,8 @@
 """Datasets held whole in memory as uint8, a seeded arch-val split, and a device-resident loader.
 
 A split is an `ImageSet`: every image as uint8 ``(N, C, H, W)`` plus int64 labels. Inputs reach the
-model as floats in [0, 1]; normalization (`DatasetInfo.mean` / `std`) happens inside the model, so
-attacks and their eps live in pixel units.
+model as floats in [0, 1]; normalization (`DatasetInfo.mean` / `std`), where the model's layout asks
+for it, happens inside the model, so attacks and their eps live in pixel units.
 
 Datasets, by name (`DATASETS`):
 - ``cifar10``, ``cifar100``, ``svhn``: through `torchvision.datasets`, downloaded only when asked.

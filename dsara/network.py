@@ -1,7 +1,8 @@
 """Discrete networks built from an architecture at any size: stem, cells, auxiliary head, classifier.
 
-Inputs are images in [0, 1]; normalization happens inside the model so that attacks work in pixel
-space. ``model(x)`` returns logits; ``model(x, return_aux=True)`` returns ``(logits, aux_logits)``,
+Inputs are images in [0, 1], and attacks work in that pixel space: a layout with ``normalize`` on
+(the DARTS space) standardizes them as the model's first step, one with it off (the DSARA space, as
+its authors' code) feeds the raw pixels to the stem. ``model(x)`` returns logits; ``model(x, return_aux=True)`` returns ``(logits, aux_logits)``,
 where ``aux_logits`` is None unless the model is training and has an auxiliary head.
 """
 
@@ -27,6 +28,11 @@ class Normalize(nn.Module):
 
     def forward(self, x):
         return (x - self.mean) / self.std
+
+
+def input_normalization(macro: Macro) -> nn.Module:
+    """The model's first step: (x - mean) / std where the layout asks for it, else nothing."""
+    return Normalize(macro.mean, macro.std) if macro.normalize else nn.Identity()
 
 
 def stem(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -126,7 +132,7 @@ class Network(nn.Module):
         super().__init__()
         self.macro = macro
         self.drop_path_prob = 0.0  # set by the trainer every epoch (ramped up to macro.drop_path)
-        self.normalize = Normalize(macro.mean, macro.std)
+        self.normalize = input_normalization(macro)
         C_stem = macro.stem_multiplier * macro.C
         self.stem = stem(len(macro.mean), C_stem)
         C_pp, C_p, reduction_prev = C_stem, C_stem, False

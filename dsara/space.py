@@ -14,6 +14,8 @@ A space is a TOML file in `search_spaces/` (usable by name) or anywhere (usable 
     width = 1.0                     # channels as a multiple of C
     cell_type = "accurate"
 
+    normalize = false               # (x - mean) / std inside the model? (DSARA: raw [0, 1])
+
     [proxy]                         # the supernet searched
     C = 24
     [final]                         # the network retrained from the searched genotype
@@ -75,8 +77,11 @@ class Macro:
     num_classes: int = 10
     auxiliary_weight: float = 0.0  # 0 = no auxiliary head
     drop_path: float = 0.0  # final drop-path probability (ramped up over training)
-    mean: tuple[float, ...] = CIFAR10_MEAN  # per-channel input normalization, inside the model
-    std: tuple[float, ...] = CIFAR10_STD
+    # (x - mean) / std as the model's first step. True is what dsara did before the option existed,
+    # so a file without the key rebuilds the network it was written for.
+    normalize: bool = True
+    mean: tuple[float, ...] = CIFAR10_MEAN  # the dataset's per-channel statistics, of [0, 1]
+    std: tuple[float, ...] = CIFAR10_STD  # pixels; their length is the input channels
     # per cell type: a name, a table of names, or (a supernet's) candidates; see dsara.activations
     activation: Any = activations.DEFAULT
     activation_options: Any = None  # {activation: {option: value}}, e.g. {"sparta": {"kernel": 5}}
@@ -149,6 +154,7 @@ class Macro:
                                    hint="must be >= 0"),
             drop_path=f.get("drop_path", float, 0.0, check=lambda v: 0 <= v < 1,
                             hint="must be in [0, 1)"),
+            normalize=f.get("normalize", bool, True),
             mean=tuple(f.get("mean", list, list(CIFAR10_MEAN))),
             std=tuple(f.get("std", list, list(CIFAR10_STD))),
             activation=f.get("activation", (str, list, dict), activations.DEFAULT),
@@ -226,6 +232,7 @@ class SearchSpace:
     proxy_cells: int | None = None
     auxiliary_weight: float = 0.4
     drop_path: float = 0.2
+    normalize: bool = True  # input normalization inside the supernet and the final network
     description: str = ""
     source: str = ""
     activation: Any = activations.DEFAULT  # name, candidates, or a table per cell type
@@ -238,8 +245,9 @@ class SearchSpace:
         base = Macro(C=C, stages=tuple(self.stages), reduce_cell_type=self.reduce_cell_type,
                      stem_multiplier=self.stem_multiplier, nodes=self.nodes,
                      num_classes=num_classes, auxiliary_weight=auxiliary_weight,
-                     drop_path=drop_path, mean=tuple(mean), std=tuple(std),
-                     activation=self.activation, activation_options=self.activation_options)
+                     drop_path=drop_path, normalize=self.normalize, mean=tuple(mean),
+                     std=tuple(std), activation=self.activation,
+                     activation_options=self.activation_options)
         return base.resized(cells=cells)
 
     def proxy_macro(self, **kw) -> Macro:
@@ -329,6 +337,7 @@ def space_from_dict(raw: Mapping, where: str = "search space") -> SearchSpace:
         reduce_cell_type=reduce_type,
         nodes=f.get("nodes", int, 4, check=lambda v: v >= 1, hint="need at least 1 node"),
         stem_multiplier=f.get("stem_multiplier", int, 3, **positive),
+        normalize=f.get("normalize", bool, True),
         proxy_C=proxy.get("C", int, **positive),
         proxy_cells=proxy.get("cells", int, None, **positive),
         final_C=final.get("C", int, **positive),

@@ -14,7 +14,7 @@ from torch import nn
 
 from .activations import Act, compact, factory, mixed_factory, relu
 from .genotype import Genotype, derive, n_edges
-from .network import Normalize, preprocess, stem
+from .network import input_normalization, preprocess, stem
 from .ops import POOLS, make_op
 from .space import Macro, SearchSpace
 
@@ -76,7 +76,7 @@ class Supernet(nn.Module):
             raise ValueError(f"partial_k must be >= 1, got {partial_k}")
         self.macro, self.ops = macro, list(ops)
         acts = self._activations(macro, alpha_init_std)
-        self.normalize = Normalize(macro.mean, macro.std)
+        self.normalize = input_normalization(macro)
         C_stem = macro.stem_multiplier * macro.C
         self.stem = stem(len(macro.mean), C_stem)
         C_pp, C_p, reduction_prev = C_stem, C_stem, False

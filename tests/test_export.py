@@ -158,12 +158,14 @@ def test_robustbench_card_carries_the_evaluation(runs, tmp_path):
     assert "AutoAttack" not in card["footnote"]
 
 
-@pytest.mark.parametrize("name", [n for n in BASELINES if n.endswith("_tiny")] + ["cells"])
+@pytest.mark.parametrize("name", [n for n in BASELINES if n.endswith("_tiny")]
+                         + ["cells", "cells-raw"])
 def test_standalone_network_matches_dsara(name):
     """The torch-only rebuild has dsara's exact state-dict keys and logits (random weights, BN
     statistics moved off their defaults so that a wrong buffer would show)."""
-    if name == "cells":
-        model = dsara.build_model(from_genotype_text(ALL_OPS, "darts"), cells=5, channels=4)
+    if name.startswith("cells"):  # cells-raw: no input normalization, as the DSARA space
+        model = dsara.build_model(from_genotype_text(ALL_OPS, "darts"), cells=5, channels=4,
+                                  normalize=name == "cells")
         source = Source(Path("x"), {"kind": "architecture", "name": "all-ops",
                                     "architecture": _arch_dict(model)}, model)
     else:

@@ -235,3 +235,15 @@ def test_cli_search_with_space_override(tmp_path, capsys):
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert {"architecture_accurate.png", "architecture_reduce.png", "architecture_robust.png",
             "search_curves.png", "alphas_robust.png"} <= set(pngs), pngs
+
+
+def test_resume_of_a_checkpoint_with_other_tensors_is_one_line(tmp_path):
+    """A run started before the space stopped normalizing holds `normalize.*` buffers."""
+    cfg = tiny(tmp_path)
+    run_first_epochs(cfg, epochs_done=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["model"]["normalize.mean"] = torch.zeros(1, 3, 1, 1)
+    torch.save(state, path)
+    with pytest.raises(DsaraError, match=r"1 tensors differ, e\.g\. 'normalize\.mean'"):
+        run(cfg, resume=True)

@@ -1,5 +1,7 @@
 """The property suite, run over every registered search space at its proxy size and a small size."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,3 +122,61 @@ def test_auxiliary_head_uses_the_darts_pool_at_8x8_and_adapts_elsewhere():
     # DARTS' pool on 8x8: overlapping 5x5 windows at offsets 0 and 3
     torch.testing.assert_close(head.darts_pool(x)[0, :, 0, 0], x[0, :, :5, :5].mean((-1, -2)))
     torch.testing.assert_close(head.darts_pool(x)[0, :, 1, 1], x[0, :, 3:, 3:].mean((-1, -2)))
+
+
+def _stem_input(model, x):
+    """What the stem's convolution sees (the input after the model's own normalization)."""
+    seen = []
+    hook = model.stem.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return seen[0]
+
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+# the reference codes: DSARA/ARNAS feed raw [0, 1] pixels, DARTS normalizes
+NORMALIZED = {"dsara": False, "robustwrn": False, "tiny": False, "tiny_sparta": False,
+              "darts": True, "tiny_darts": True}
+
+
+@pytest.mark.parametrize("space_name", list_spaces())
+def test_input_normalization_follows_the_space(space_name, batch):
+    x = batch[0]
+    standardized = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    space = load_space(space_name)
+    expected = standardized if NORMALIZED[space_name] else x
+    net = Supernet(space.proxy_macro(mean=MEAN, std=STD).resized(5, 4), space.ops)
+    torch.testing.assert_close(_stem_input(net, x), expected)
+    final = space.final_macro(mean=MEAN, std=STD).resized(5, 4)
+    assert final.normalize is NORMALIZED[space_name]
+    genotype = dsara.parse_genotype(_tiny_text(space))
+    torch.testing.assert_close(_stem_input(dsara.network.Network(genotype, final), x), expected)
+
+
+def _tiny_text(space) -> str:
+    edges = [("skip_connect", 0), ("skip_connect", 1)] * space.nodes
+    cells = ", ".join(f"{t}={edges!r}, {t}_concat={list(range(2, space.nodes + 2))!r}"
+                      for t in space.cell_types)
+    return f"Genotype({cells})"
+
+
+def test_architecture_files_record_normalization_and_old_files_normalize(tmp_path, batch):
+    x = batch[0]
+    arnas, darts = dsara.build_model("ARNAS", cells=5, channels=4), \
+        dsara.build_model("DARTS_V2", cells=5, channels=4)
+    torch.testing.assert_close(_stem_input(arnas, x), x)  # as the ARNAS code: raw pixels
+    assert not torch.allclose(_stem_input(darts, x), x)
+    path = save_architecture(dsara.archfile.builtin_architecture("ARNAS"), tmp_path / "a.json")
+    d = json.loads(path.read_text())
+    assert d["macro"]["normalize"] is False
+    assert load_architecture(path).macro.normalize is False
+    del d["macro"]["normalize"]  # a file written before the option: it was built normalizing
+    d["schema_version"] = 1
+    path.write_text(json.dumps(d))
+    assert load_architecture(path).macro.normalize is True
+    old = dsara.build_model(str(path), cells=5, channels=4)
+    assert not torch.allclose(_stem_input(old, x), x)
+    forced = dsara.build_model("ARNAS", cells=5, channels=4, normalize=True)
+    torch.testing.assert_close(_stem_input(forced, x), _stem_input(old, x))

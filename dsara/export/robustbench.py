@@ -2,7 +2,7 @@
 
 RobustBench (Croce et al., 2021) lists each model with a JSON file in its ``model_info/<dataset>/
 <threat model>/`` folder and builds it from a model definition plus a weights file; models take
-[0, 1] images and normalize inside, as dsara's do. The exported folder holds::
+[0, 1] images and normalize inside where they normalize at all, as dsara's do. The exported folder holds::
 
     <NAME>.json     the model card, in RobustBench's field names; percentages as strings with two
                     decimals, as their files write them. clean_acc and autoattack_acc come from
@@ -45,7 +45,7 @@ def layout(source: Source, weights: str) -> dict[str, Any]:
     """What `standalone.build` needs to rebuild the network."""
     if source.architecture is not None:
         macro, genotype = source.architecture.macro, source.architecture.genotype
-        net = {"kind": "cells", "genotype": genotype.to_dict(),
+        net = {"kind": "cells", "genotype": genotype.to_dict(), "normalize": macro.normalize,
                "stem_channels": macro.stem_multiplier * macro.C,
                "plan": [[c.cell_type, c.C, c.reduction] for c in macro.cell_plan()]}
     else:

@@ -120,7 +120,9 @@ class CellNetwork(nn.Module):
     def __init__(self, layout):
         super().__init__()
         c_stem = layout["stem_channels"]
-        self.normalize = Normalize(layout["mean"], layout["std"])
+        # DSARA cells take raw [0, 1] pixels (normalize false), DARTS cells standardize them
+        self.normalize = (Normalize(layout["mean"], layout["std"])
+                          if layout.get("normalize", True) else nn.Identity())
         self.stem = nn.Sequential(nn.Conv2d(len(layout["mean"]), c_stem, 3, padding=1,
                                             bias=False), nn.BatchNorm2d(c_stem))
         c_pp, c_p, reduction_prev = c_stem, c_stem, False

@@ -183,7 +183,14 @@ class Search:
             "dsara_version": __version__,
         }
 
-    def load_state(self, state: dict[str, Any]) -> int:
+    def load_state(self, state: dict[str, Any], where: str = "the checkpoint") -> int:
+        own, saved = set(self.model.state_dict()), set(state["model"])
+        if own != saved:  # e.g. written before the space's `normalize` or PC-DARTS' beta existed
+            diff = sorted(own ^ saved)
+            raise DsaraError(f"{where} holds another supernet than the one this dsara builds for "
+                             f"its space and config ({len(diff)} tensors differ, e.g. "
+                             f"{diff[0]!r}); finish it with the dsara version that started it, "
+                             "or start a new search")
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
@@ -235,7 +242,8 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, resume: bool,
     main = search.dist.main  # only rank 0 writes files and logs
     done, resumed_from = 0, None
     if resume:
-        done = resumed_from = search.load_state(rd.load_checkpoint(search.device))
+        done = resumed_from = search.load_state(rd.load_checkpoint(search.device),
+                                                str(rd.checkpoint))
         if main:
             rd.truncate(done)
     elif main:

@@ -148,4 +148,5 @@ def _spec_key(spec: dict[str, Any]) -> Any:
     macro = dict(spec.get("architecture", {}).get("macro", {}))
     for k in ("mean", "std", "drop_path", "auxiliary_weight"):
         macro.pop(k, None)
+    macro.setdefault("normalize", True)  # a spec written before the key existed normalized
     return ("architecture", repr(spec.get("architecture", {}).get("genotype")), repr(macro))
