@@ -17,6 +17,7 @@ from .errors import DsaraError, Interrupted
 
 COMMAND_MODULES = [
     "dsara.commands.arch",
+    "dsara.commands.compress",
     "dsara.commands.evaluate",
     "dsara.commands.export",
     "dsara.commands.plot",

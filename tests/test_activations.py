@@ -161,3 +161,20 @@ def test_the_activation_study_sweeps_the_space_knob():
         cfg = d.search_config({"activation": name}, "unused")
         macro = load_space(cfg.space, cfg.space_overrides).final_macro()
         assert set(macro.activations().values()) == {(name,)}
+
+
+def test_dsara_train_activation_flag_reaches_the_checkpoint_spec():
+    from dsara.cli import build_parser
+    from dsara.commands.train import build_config
+    from dsara.train.checkpoint import build_from_spec, model_spec
+
+    cfg = build_config(build_parser().parse_args(
+        ["train", "ARNAS", "--out", "x", "--activation", "sparta", "--channels", "8",
+         "--cells", "5"]))
+    assert cfg.activation == "sparta"
+    spec = model_spec(cfg.arch, 10, [0.5] * 3, [0.5] * 3, cells=5, channels=8,
+                      activation=cfg.activation)
+    assert spec["architecture"]["macro"]["activation"] == "sparta"
+    assert any(isinstance(m, Sparta) for m in build_from_spec(spec).modules())
+    with pytest.raises(DsaraError, match="activation apply to cell-based"):
+        model_spec("resnet18", 10, [0.5] * 3, [0.5] * 3, activation="sparta")

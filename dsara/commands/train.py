@@ -65,6 +65,8 @@ OPTIONS = [
      "auxiliary head loss weight, 0 = no head (default: the architecture's, e.g. 0.4)"),
     ("--drop-path", "drop_path", float, "final drop-path probability, ramped up from 0 "
      "(default: the architecture's)"),
+    ("--activation", "activation", str, "relu | swish | sparta: the cells' activation, every "
+     "cell type (default: the architecture's; sparta is a labelled reconstruction)"),
     ("--train-size", "train_size", int, "training images used, a seeded class-stratified "
      "subset of what --val-size leaves (default: all)"),
     ("--val-size", "val_size", int, "training images held out for model selection "
@@ -103,8 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "validation split. Writes config.json, last.pt (every epoch), best.pt and "
                        "metrics.json to --out; run the same command again to resume.")
     p.add_argument("arch", metavar="ARCH", help="architecture file (.json), built-in cell "
-                   "(ARNAS, DARTS_V2, ...) or baseline (resnet18, preact_resnet18, wrn34_10, "
-                   "wrn34_r, resnet_tiny, ...)")
+                   "(ARNAS, DARTS_V2, ...), baseline (resnet18, preact_resnet18, wrn34_10, "
+                   "wrn34_r, resnet_tiny, ...) or a dsara checkpoint (.pt) to fine-tune")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--config", metavar="FILE.toml", help="TrainConfig fields; flags override it")
     for flag, dest, kind, text in OPTIONS:

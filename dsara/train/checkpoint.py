@@ -30,15 +30,29 @@ KIND = "dsara.checkpoint"
 FORMAT = 1
 
 
+def is_checkpoint_file(arch: str) -> bool:
+    """A dsara checkpoint (``.pt``) given as the architecture: training fine-tunes it."""
+    return str(arch).endswith(".pt") and Path(arch).is_file()
+
+
 def model_spec(arch: str, num_classes: int, mean, std, *, cells: int | None = None,
                channels: int | None = None, auxiliary_weight: float | None = None,
-               drop_path: float | None = None, width: int | None = None) -> dict[str, Any]:
-    """The spec of `arch` (baseline name, architecture file or built-in cell) sized for a dataset."""
+               drop_path: float | None = None, width: int | None = None,
+               activation: Any = None) -> dict[str, Any]:
+    """The spec of `arch` (baseline name, architecture file, built-in cell, or a checkpoint to
+    fine-tune: its own network as it was trained) sized for a dataset."""
+    if is_checkpoint_file(arch):
+        if cells is not None or channels is not None or width is not None or activation:
+            raise DsaraError(f"{arch} is a checkpoint: its network is fine-tuned as it is; "
+                             "cells, channels, width and activation cannot change it")
+        return load_checkpoint(arch)["model_spec"]
     name = baseline_name(arch) if not Path(arch).is_file() else None
     if name is not None:
-        if cells is not None or channels is not None or auxiliary_weight or drop_path:
+        if (cells is not None or channels is not None or auxiliary_weight or drop_path
+                or activation is not None):
             raise DsaraError(f"{arch} is a baseline with a fixed layout; cells, channels, "
-                             "auxiliary weight and drop-path apply to cell-based architectures")
+                             "auxiliary weight, drop-path and activation apply to cell-based "
+                             "architectures")
         spec = {"kind": "baseline", "name": name, "num_classes": int(num_classes),
                 "mean": list(mean), "std": list(std)}
         return spec if width is None else {**spec, "width": int(width)}
@@ -49,7 +63,8 @@ def model_spec(arch: str, num_classes: int, mean, std, *, cells: int | None = No
     macro = dataclasses.replace(
         m, num_classes=int(num_classes), mean=tuple(mean), std=tuple(std),
         auxiliary_weight=m.auxiliary_weight if auxiliary_weight is None else auxiliary_weight,
-        drop_path=m.drop_path if drop_path is None else drop_path)
+        drop_path=m.drop_path if drop_path is None else drop_path,
+        activation=m.activation if activation is None else activation)
     a = Architecture(a.genotype, macro, a.provenance, a.name or Path(arch).stem)
     return {"kind": "architecture", "name": a.name, "architecture": a.to_dict()}
 
@@ -63,6 +78,14 @@ def _resolve(arch: str) -> Architecture:
         raise
 
 
+def initial_weights(model: nn.Module, arch: str) -> None:
+    """A fresh run whose architecture is a checkpoint starts from that checkpoint's weights."""
+    if is_checkpoint_file(arch):
+        ckpt = load_checkpoint(arch)
+        check_same_model(model, ckpt["model"], f"checkpoint {arch}")
+        model.load_state_dict(ckpt["model"])
+
+
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     if spec.get("kind") == "baseline":
         return build_baseline(spec["name"], spec["num_classes"], spec["mean"], spec["std"],
@@ -70,10 +93,16 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     if spec.get("kind") == "architecture":
         a = Architecture.from_dict(spec["architecture"], "checkpoint architecture")
         return Network(a.genotype, a.macro)
+    if spec.get("kind") == "compressed":  # dsara compress: the base network, convs replaced
+        from ..compress.layers import build_compressed
+
+        return build_compressed(spec, build_from_spec)
     raise DsaraError(f"checkpoint model spec of unknown kind {spec.get('kind')!r}")
 
 
 def spec_label(spec: dict[str, Any]) -> str:
+    if spec.get("kind") == "compressed":
+        return f"{spec.get('method', '?')}-compressed {spec_label(spec.get('base') or {})}"
     if spec.get("kind") == "baseline":
         return f"baseline {spec['name']}" + (f" (width {spec['width']})" if "width" in spec
                                             else "")
@@ -145,6 +174,8 @@ def _spec_key(spec: dict[str, Any]) -> Any:
     """What must match for weights to belong to a model: everything but normalization stats."""
     if spec.get("kind") == "baseline":
         return ("baseline", spec.get("name"), spec.get("num_classes"), spec.get("width"))
+    if spec.get("kind") == "compressed":
+        return ("compressed", _spec_key(spec.get("base") or {}), repr(spec.get("layers")))
     macro = dict(spec.get("architecture", {}).get("macro", {}))
     for k in ("mean", "std", "drop_path", "auxiliary_weight"):
         macro.pop(k, None)

@@ -37,7 +37,13 @@ from ..device import LAYOUTS, PRECISIONS, resolve_device, use_bf16, use_channels
 from ..errors import DsaraError
 from ..files import read_text, write_json_atomic
 from ..lock import run_lock
-from .checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
+from .checkpoint import (
+    build_from_spec,
+    initial_weights,
+    load_checkpoint,
+    model_spec,
+    save_checkpoint,
+)
 from .losses import AUX_INPUTS, CRAFT_MODES, METHODS, STARTS, AdvParams, Terms, get_method
 from .methods import method_options, prepare_loader, resolve_options
 from .recipes import RECIPES, apply_recipe, is_baseline
@@ -49,7 +55,9 @@ _KINDS = {"str": (str, os.PathLike), "bool": (bool,), "int": (int,), "float": (i
 
 @dataclass
 class TrainConfig:
-    arch: str  # architecture file (.json), built-in cell name (ARNAS, DARTS_V2) or baseline name
+    # architecture file (.json), built-in cell name (ARNAS, DARTS_V2), baseline name, or a dsara
+    # checkpoint (.pt) to fine-tune (its network and weights)
+    arch: str
     out: str  # run directory
     dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | imagefolder | synthetic
     data_root: str | None = None  # dataset directory (not needed for synthetic)
@@ -85,6 +93,7 @@ class TrainConfig:
     train_size: int | None = None  # training images used (seeded, class-stratified); None: all
     auxiliary_weight: float | None = None  # auxiliary-head CE weight; None: the architecture's
     drop_path: float | None = None  # final drop-path probability (ramped from 0); None: arch's
+    activation: str | None = None  # relu | swish | sparta [recon], every cell type; None: arch's
     val_size: int = 1000  # train images held out for model selection (~, per-class rounding)
     val_steps: int = 10  # PGD steps (of eps/4) of the validation attack
     overfit_guard: float = 0.2  # fgsm-rs: stop if val PGD accuracy falls by more (0..1) in an epoch
@@ -429,11 +438,14 @@ def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None]) -
     # a resumed run rebuilds its model from the checkpoint, not from a file that may have moved
     spec = previous["model_spec"] if previous else model_spec(
         cfg.arch, info.num_classes, info.mean, info.std, cells=cfg.cells, channels=cfg.channels,
-        width=cfg.width, auxiliary_weight=cfg.auxiliary_weight, drop_path=cfg.drop_path)
+        width=cfg.width, auxiliary_weight=cfg.auxiliary_weight, drop_path=cfg.drop_path,
+        activation=cfg.activation)
     torch.manual_seed(epoch_seed(cfg.seed, -1, 0))  # weight init
     cl = cfg.channels_last == "on"
     model = build_from_spec(spec).to(device, memory_format=torch.channels_last if cl
                                      else torch.contiguous_format)
+    if previous is None:
+        initial_weights(model, cfg.arch)  # fine-tuning a checkpoint starts from its weights
     optimizer, scheduler = make_optimizer(model, cfg)
     state = _restore(previous, model, optimizer, scheduler)
     _repair_best(run_dir, previous, state)

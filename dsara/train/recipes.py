@@ -111,6 +111,20 @@ RECIPES: dict[str, Recipe] = {
                 "once per epoch, at the epoch's middle (the authors step it every batch); the "
                 "catastrophic-overfitting stop watches PGD on the validation split (the authors: "
                 "PGD-5 on the first training batch)"),
+    "lowrank-ft": Recipe(
+        reproduces="dsara's short robust fine-tune after low-rank compression (CSTAR-style, "
+                   "a labelled reconstruction)",
+        source="Phan et al., CSTAR, AAAI 2023 (abstract only: ranks chosen globally, then "
+               "robust fine-tuning; no code found); PGD 8/255 with 2/255 steps as in "
+               "../shared/SEEDS.md; the rest is ours",
+        settings=dict(
+            method="pgd-at", epochs=5, batch_size=128,
+            lr=0.01,  # a tenth of a from-scratch run: the factorised weights start close
+            momentum=0.9, weight_decay=5e-4, schedule="cosine", milestones=(0.5, 0.75),
+            grad_clip=0.0, eps=8 / 255, step_size=2 / 255, steps=10, beta=6.0,
+            craft_mode="eval", attack_start="uniform", start_std=0.001, aux_input="adv",
+            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4),
+        differs="not an author's recipe: CSTAR's fine-tuning settings are not published"),
 }
 
 
