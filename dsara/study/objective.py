@@ -73,11 +73,12 @@ def objective(trial, definition: StudyDefinition, artifact_root: str | Path,
     rel = trial_run_dir(trial.study.study_name, trial.number if origin is None else origin)
     run_dir = Path(artifact_root) / rel
     with run_lock(run_dir, break_stale=break_lock):
-        return _objective(trial, definition, run_dir, rel, origin, log, taken_over)
+        return _objective(trial, definition, artifact_root, run_dir, rel, origin, log,
+                          taken_over)
 
 
-def _objective(trial, definition: StudyDefinition, run_dir: Path, rel: str, origin: int | None,
-               log, taken_over) -> list[float]:
+def _objective(trial, definition: StudyDefinition, artifact_root: str | Path, run_dir: Path,
+               rel: str, origin: int | None, log, taken_over) -> list[float]:
     values = {name: p.suggest(trial) for name, p in definition.params.items()}
     cfg = definition.search_config(values, run_dir)
     trial.set_user_attr("run_dir", rel)
