@@ -232,14 +232,14 @@ def test_krylov_direction_on_a_quadratic_loss_is_the_newton_step(solver):
 def test_so_at_with_one_krylov_iteration_is_fgsm(model, batch):
     x, y = batch
     p = AdvParams(8 / 255, 8 / 255, 1, options=method_options("so-at", {"iters": 1}),
-                  craft_mode="eval")  # so-at's default (METHODS), which the trainer passes
+                  craft_mode="eval", start="zero")  # so-at's defaults (METHODS)
     reference = copy.deepcopy(model)  # so_at's train-mode forward moves the BN statistics
     loss, _ = so_at.so_at(model, x, y, p)
     x_fgsm = fgsm(reference.eval(), x, y, 8 / 255, random_start=False)
     expected = F.cross_entropy(reference.train()(x_fgsm), y)
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     p5 = AdvParams(8 / 255, 8 / 255, 1, options=method_options("so-at", {"iters": 5}),
-                   craft_mode="eval")
+                   craft_mode="eval", start="zero")
     assert so_at.so_at(model, x, y, p5)[0].item() != pytest.approx(loss.item(), abs=1e-6)
 
 
@@ -247,7 +247,7 @@ def test_so_at_with_one_krylov_iteration_is_fgsm(model, batch):
 
 @pytest.mark.parametrize("name,options", [
     ("iat", {}), ("iat-manifold", {}), ("bang", {"adversarial": True}),
-    ("jsigr", {"adversarial": True}), ("so-at", {"random_start": True})])
+    ("jsigr", {"adversarial": True}), ("so-at", {})])  # AdvParams' uniform start
 def test_every_adversarial_input_stays_in_the_eps_ball_and_the_image_box(
         monkeypatch, model, batch, name, options):
     x, y = batch
@@ -393,3 +393,21 @@ def test_options_are_typed_filled_in_and_checked(tmp_path):
     with pytest.raises(DsaraError, match="alpha must be > 0"):
         tiny_config(tmp_path, method="iat", method_options={"alpha": 0}).resolved()
     assert np.isfinite(1.0)
+
+
+def test_so_at_starts_at_x_or_uniformly():
+    x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    p = AdvParams(8 / 255, 2 / 255, 1, options=method_options("so-at", {}), start="normal")
+    with pytest.raises(DsaraError, match="so-at starts at x"):
+        so_at.so_at(build_baseline("resnet_tiny", num_classes=4), x, y, p)
+
+
+def test_method_benchmark_times_every_method_against_pgd_at():
+    from dsara.train.methods.bench import MethodBenchConfig, markdown, run_bench
+
+    report = run_bench(MethodBenchConfig(arch="resnet_tiny", cells=0, image_size=8, batch=4,
+                                         rounds=1, warmup=0))
+    rows = {r["case"]: r for r in report["rows"]}
+    assert set(METHODS) <= set(rows) and rows["pgd-at"]["ratio_to_pgd_at"] == 1.0
+    assert all(r["median_ms"] > 0 for r in rows.values())
+    assert "| so-at |" in markdown(report) and report["dtype"] == "fp32"

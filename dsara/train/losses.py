@@ -208,7 +208,7 @@ METHODS |= {
     "jsigr": MethodSpec(jsigr.jsigr, 0.25, 10, "eval"),
     "ladder": MethodSpec(ladder.ladder, 0.25, 10),  # no PGD: the generated set replaces it
     # second-order (Krylov) examples, model in eval mode [recon]
-    "so-at": MethodSpec(so_at.so_at, 1.0, 1, "eval"),
+    "so-at": MethodSpec(so_at.so_at, 1.0, 1, "eval", "zero"),
 }
 
 

@@ -128,6 +128,60 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+# The seed papers' methods (dsara/train/methods/, SEEDS.md). Where their authors' schedule could not
+# be read, the recipe uses Rice et al.'s PGD-AT schedule for CIFAR-10 (`_RICE`) and says so: those
+# recipes are [recon], settings to compare methods under one schedule, not the papers' own runs.
+_RICE = dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+             schedule="piecewise", milestones=(0.5, 0.75), grad_clip=0.0, eps=8 / 255,
+             step_size=2 / 255, steps=10, beta=6.0, craft_mode="train", attack_start="uniform",
+             start_std=0.001, aux_input="adv", auxiliary_weight=0.0, drop_path=0.0, cutout=0,
+             augment=True, crop_pad=4)
+_SCHEDULE = ("[recon] the training schedule is Rice et al.'s PGD-AT schedule (200 epochs, lr 0.1, "
+             "x0.1 at epochs 100 and 150, wd 5e-4): the paper's own was not readable")
+
+
+def _seed(method: str, reproduces: str, source: str, differs: str = _SCHEDULE, **settings
+          ) -> Recipe:
+    return Recipe(reproduces=reproduces, source=source,
+                  settings={**_RICE, "method": method, **settings}, differs=differs)
+
+
+RECIPES |= {
+    "iat": _seed("iat", "Interpolated AT: PGD-10 of 2/255 at 8/255 on the unmixed batch (eval "
+                 "mode), mixup alpha = 1", "Lamb et al., AISec 2019 / Neural Networks 2022; "
+                 "settings of a third-party reimplementation (SEEDS.md)", craft_mode="eval"),
+    "iat-manifold": _seed("iat-manifold", "Interpolated AT with manifold mixup at a random cell "
+                          "or stage boundary", "Lamb et al. (manifold variant); as iat",
+                          craft_mode="eval"),
+    "mart-ss": Recipe(
+        reproduces="MART on labeled + pseudo-labelled batches ([recon] RST-style: half of each "
+                   "batch pseudo-labelled by --teacher); needs --unlabeled and --teacher",
+        source="Wang et al., ICLR 2020 (the semi-supervised extension: abstract only); MART's "
+               "train_wideresnet.py settings; RST (Carmon et al. 2019) for the mixing",
+        settings={**RECIPES["mart"].settings, "method": "mart-ss"},
+        differs="[recon] pseudo-labelling and the 1:1 batch mix follow RST, not a MART script"),
+    "bang": _seed("bang", "BANG: batch-adjusted per-sample gradient scales, no adversarial "
+                  "examples ([recon] scaling)", "Rozsa, Günther, Boult, arXiv 1612.00138; the "
+                  "README of their Caffe fork", differs=_SCHEDULE + "; [recon] the gradient "
+                  "scaling (SEEDS.md) and its constants (method_options)"),
+    "jsigr": _seed("jsigr", "J-SIGR: CE + Jacobian norm + input-gradient penalty on unimportant "
+                   "pixels ([recon] penalties)", "Liu et al., Pattern Recognition 2024 (arXiv "
+                   "2207.13036): abstract only", craft_mode="eval",
+                   differs=_SCHEDULE + "; [recon] both penalties and their weights"),
+    "so-at": _seed("so-at", "AT on second-order examples: delta = eps sign(d), d from 5 CG "
+                   "iterations on the input Hessian ([recon] direction)", "Qian et al., arXiv "
+                   "2207.01396 / AMCS 2024: abstract only", craft_mode="eval",
+                   attack_start="zero", step_size=8 / 255, steps=1,
+                   differs=_SCHEDULE + "; [recon] the Krylov direction (dsara.krylov)"),
+    "ladder": Recipe(
+        reproduces="LADDER fine-tuning of --teacher on 1/2 clean + 1/2 latent-boundary images",
+        source="Zhou, Tsang, Yin, Machine Learning 2022; the authors' code (SEEDS.md): SGD 0.01",
+        settings={**_RICE, "method": "ladder", "epochs": 20, "lr": 0.01, "schedule": "cosine"},
+        differs="[recon] the fine-tuning length (20 epochs, cosine), the decoder and the SVM "
+                "mini-batches; the authors' generator is a GAN"),
+}
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise DsaraError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")

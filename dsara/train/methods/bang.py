@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import DsaraError
-from ..losses import AdvParams, Terms, _with_aux, craft
+from ..losses import AdvParams, Terms, _clean_aux, _pick_aux, _with_aux, craft
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,11 @@ def bang_ce(logits: torch.Tensor, y: torch.Tensor, o: BANGOptions) -> tuple[torc
 def bang(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """BANG [recon]: batch-adjusted per-sample gradient scales on CE (of x, or of PGD examples)."""
     o = p.options or BANGOptions()
+    aux_clean = _clean_aux(model, x, p) if o.adversarial else None
     if o.adversarial:
         x = craft(model, x, y, p, generator=generator)
     logits, aux = model(x, return_aux=True)
     loss, s = bang_ce(logits, y, o)
     terms = {"bang_ce": loss.detach(), "mean_scale": s.mean()}
+    aux = _pick_aux(p, aux_clean, aux) if o.adversarial else aux
     return _with_aux(loss, terms, aux, y, p.aux_weight)

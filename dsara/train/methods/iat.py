@@ -82,25 +82,27 @@ def _forward_mixed(model, x, lam, perm, point: nn.Module | None):
         handle.remove()
 
 
-def _mix_term(model, x, y, p: AdvParams, generator, manifold: bool) -> torch.Tensor:
+def _mix_term(model, x, y, p: AdvParams, generator, manifold: bool, aux: bool = True
+              ) -> torch.Tensor:
     opts = p.options or IATOptions()
     lam, perm = draw_mix(x.shape[0], opts.alpha, generator, x.device)
     points = mix_points(model) if manifold else [None]
     k = int(torch.randint(len(points), (1,), generator=generator, device=x.device).item())
-    logits, aux = _forward_mixed(model, x, lam, perm, points[k])
+    logits, aux_logits = _forward_mixed(model, x, lam, perm, points[k])
     loss = mix_ce(logits, y, lam, perm)
-    if aux is not None and p.aux_weight > 0:
+    if aux and aux_logits is not None and p.aux_weight > 0:
         # an auxiliary head before the mixing point saw the unmixed state: plain CE there
         before = points[k] is not None and list(model.cells).index(points[k]) > model.aux_index
-        loss = loss + p.aux_weight * (F.cross_entropy(aux.float(), y) if before
-                                      else mix_ce(aux, y, lam, perm))
+        loss = loss + p.aux_weight * (F.cross_entropy(aux_logits.float(), y) if before
+                                      else mix_ce(aux_logits, y, lam, perm))
     return loss
 
 
 def _iat(model, x, y, p: AdvParams, generator, manifold: bool) -> tuple[torch.Tensor, Terms]:
     x_adv = craft(model, x, y, p, generator=generator)
     clean = _mix_term(model, x, y, p, generator, manifold)
-    adv = _mix_term(model, x_adv, y, p, generator, manifold)
+    # aux_input = "clean": the auxiliary loss of the clean mix only
+    adv = _mix_term(model, x_adv, y, p, generator, manifold, aux=p.aux_input != "clean")
     return 0.5 * clean + 0.5 * adv, {"mix_clean": clean.detach(), "mix_adv": adv.detach()}
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import DsaraError
-from ..losses import AdvParams, Terms, _with_aux, craft
+from ..losses import AdvParams, Terms, _clean_aux, _pick_aux, _with_aux, craft
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ def occlusion_mask(model, x: torch.Tensor, y: torch.Tensor, patch: int, fraction
 def jsigr(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """J-SIGR [recon]: CE + lambda_j ||J||_F^2 + lambda_g ||mask * grad_x CE||^2."""
     o = p.options or JSIGROptions()
+    aux_clean = _clean_aux(model, x, p) if o.adversarial else None
     if o.adversarial:
         x = craft(model, x, y, p, generator=generator)
     mask = occlusion_mask(model, x, y, o.patch, o.unimportant) if o.lambda_g > 0 else None
@@ -108,4 +109,5 @@ def jsigr(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Term
         (g,) = torch.autograd.grad(ce_i.sum(), x, create_graph=True)  # per-sample input grads
         grad_pen = (mask * g).pow(2).flatten(1).sum(1).mean()
         loss, terms["masked_grad"] = loss + o.lambda_g * grad_pen, grad_pen.detach()
+    aux = _pick_aux(p, aux_clean, aux) if o.adversarial else aux
     return _with_aux(loss, terms, aux, y, p.aux_weight)

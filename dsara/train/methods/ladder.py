@@ -231,5 +231,7 @@ def ladder(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Ter
     clean = F.cross_entropy(logits[:n].float(), y[:n])
     gen = F.cross_entropy(logits[n:].float(), y[n:])
     loss = 0.5 * clean + 0.5 * gen
-    return _with_aux(loss, {"ce_clean": clean.detach(), "ce_generated": gen.detach()}, aux, y,
-                     p.aux_weight)
+    terms = {"ce_clean": clean.detach(), "ce_generated": gen.detach()}
+    if aux is not None and p.aux_input == "clean":  # the auxiliary loss of the clean half only
+        aux, y = aux[:n], y[:n]
+    return _with_aux(loss, terms, aux, y, p.aux_weight)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ...errors import DsaraError
 from ...krylov import SOLVERS, KrylovConfig, so_krylov
-from ..losses import AdvParams, Terms, _with_aux, crafting
+from ..losses import AdvParams, Terms, _clean_aux, _pick_aux, _with_aux, crafting
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,6 @@ class SOATOptions:
     iters: int = 5  # m: Krylov iterations (Hessian-vector products) per outer step [recon]
     solver: str = "cg"  # cg | minres | gmres [recon; the journal version uses GMRES]
     damping: float = 0.0  # lambda in (H + lambda I) d = g [recon]
-    random_start: bool = False  # uniform start in the eps-ball (off: delta = eps sign(d) from x)
 
     def validate(self) -> None:
         if self.solver not in SOLVERS or self.iters < 1 or self.damping < 0:
@@ -39,15 +38,21 @@ class SOATOptions:
 
 
 def krylov_config(p: AdvParams) -> KrylovConfig:
+    """The attack of `p`: its steps and step size; start "zero" (the default: from x itself) or
+    "uniform" (in the eps-ball)."""
+    if p.start not in ("zero", "uniform"):
+        raise DsaraError(f"so-at starts at x (attack_start = zero) or uniformly in the eps-ball "
+                         f"(uniform), not {p.start!r}")
     o = p.options or SOATOptions()
     return KrylovConfig(iters=o.iters, solver=o.solver, damping=o.damping, steps=p.steps,
-                        step_size=p.step_size, random_start=o.random_start).validate()
+                        step_size=p.step_size, random_start=p.start == "uniform").validate()
 
 
 def so_at(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """CE on second-order (Krylov) adversarial examples [recon]."""
+    aux_clean = _clean_aux(model, x, p)
     with crafting(model, p.craft_mode):  # drop-path off, the method's mode (eval)
         x_adv = so_krylov(model, x, y, p.eps, krylov_config(p), generator=generator)
     logits, aux = model(x_adv, return_aux=True)
     ce = F.cross_entropy(logits.float(), y)
-    return _with_aux(ce, {"ce_adv": ce.detach()}, aux, y, p.aux_weight)
+    return _with_aux(ce, {"ce_adv": ce.detach()}, _pick_aux(p, aux_clean, aux), y, p.aux_weight)
