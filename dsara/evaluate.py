@@ -46,6 +46,7 @@ from .data import ImageSet, Loader
 from .device import resolve_device
 from .errors import DsaraError
 from .krylov import KrylovConfig, so_krylov
+from .progress import bar
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator],
                     torch.Tensor]
@@ -195,7 +196,7 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
     for i, name in enumerate(names):
         gen = torch.Generator(loader.device).manual_seed(seed + i)
         t0 = time.perf_counter()
-        for x, y in loader.epoch(0):
+        for x, y in bar(loader.epoch(0), total=len(loader), desc=name, unit="batch"):
             attack = (attack_fns or {}).get(name) or ATTACKS[name]
             correct[name].append(_correct_under(model, attack, x, y, eps, gen))
         seconds[name] = time.perf_counter() - t0

@@ -8,6 +8,7 @@ import dataclasses
 from ..config import normalize_overrides
 from ..lock import BREAK_LOCK_HELP, break_lock
 from ..search import SearchConfig, load_search_config, run
+from ..tensorboard import for_run
 
 S = argparse.SUPPRESS
 # (flag, config field, type, help with units)
@@ -65,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "where its last checkpoint left it")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
+    p.add_argument("--tensorboard", nargs="?", const="", metavar="DIR", help="write TensorBoard "
+                   "scalars per epoch (accuracies, losses, gamma*, alpha entropy, parameter-free "
+                   "ops) to DIR (default RUN_DIR/tensorboard; pip install \"dsara[tensorboard]\")")
     p.add_argument("--plots", action="store_true", help="at the end, draw the searched cells and "
                    "the search curves into RUN_DIR/plots (SVG and PNG)")
     p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
@@ -92,7 +96,13 @@ def cmd_search(args) -> int:
     cfg = build_config(args)
     if args.break_lock:
         break_lock(cfg.out)
-    result = run(cfg, resume=bool(args.resume), progress=args.progress)
+    scalars = for_run(args.tensorboard, cfg.out, "search")
+    try:
+        result = run(cfg, callbacks=[scalars] if scalars else (), resume=bool(args.resume),
+                     progress=args.progress)
+    finally:
+        if scalars:
+            scalars.close()
     final = result.final
     print(f"search finished: {len(result.history)} epochs; arch-val clean "
           f"{final.get('val_clean_acc', float('nan')):.3f}, PGD "
@@ -106,3 +116,4 @@ def cmd_search(args) -> int:
         files = draw_architecture(result.architecture, out) + plot_search(result.run_dir, out)
         print(f"plots: {len(files)} files in {out}")
     return 0
+

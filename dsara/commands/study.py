@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .. import progress
 from ..files import write_text_atomic
 from ..study import definition as defs
 from ..study import manage, report
@@ -108,11 +109,10 @@ def cmd_create(args) -> int:
 def cmd_run(args) -> int:
     from ..study.worker import run_worker
 
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt(), _trials_bar(args.name, args.storage) as log:
         summary = run_worker(args.name, args.storage, args.n_trials, args.timeout,
-                             args.heartbeat, args.grace, args.artifact_root,
-                             log=lambda line: print(line, flush=True), retry_s=args.db_retry,
-                             break_lock=args.break_lock)
+                             args.heartbeat, args.grace, args.artifact_root, log=log,
+                             retry_s=args.db_retry, break_lock=args.break_lock)
     print(f"worker done: {len(summary.completed)} complete, {len(summary.failed)} failed, "
           f"{len(summary.pruned)} pruned; stopped because {summary.stopped}")
     if args.plots:
@@ -120,6 +120,27 @@ def cmd_run(args) -> int:
 
         print(f"report: {write_report(manage.open_study(args.name, args.storage).study, args.plots)}")
     return 1 if summary.failed and not summary.completed else 0
+
+
+@contextlib.contextmanager
+def _trials_bar(name: str, storage: str | None):
+    """On a terminal, a bar of the study's complete trials (all workers) against its budget,
+    redrawn at each of the worker's lines; the searches inside draw none. Yields the log."""
+    study = manage.open_study(name, storage).study
+    budget = study.user_attrs["definition"].get("budget", {}).get("n_trials", 20)
+
+    def complete() -> int:
+        return sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+
+    with progress.bar(total=budget, desc=f"study {name}", unit="trial") as trials, \
+            progress.only_outer():
+        def log(line: str) -> None:
+            progress.write(line)
+            if not trials.disable:  # a terminal: count again (other workers finish trials too)
+                trials.n = complete()
+                trials.refresh()
+        log(f"worker on study {name!r}: {complete()} of {budget} trials complete")
+        yield log
 
 
 @contextlib.contextmanager

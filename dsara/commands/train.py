@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import apply_overrides, read_toml
 from ..lock import BREAK_LOCK_HELP, break_lock
+from ..tensorboard import for_run
 from ..train.loop import METHODS, config_from_dict, run
 from ..train.recipes import RECIPES
 
@@ -116,6 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="no random crop + flip")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig field (beta=5, synthetic.noise=0.1)")
+    p.add_argument("--tensorboard", nargs="?", const="", metavar="DIR", help="write TensorBoard "
+                   "scalars per epoch (losses, validation accuracies, lr) to DIR (default "
+                   "RUN_DIR/tensorboard; pip install \"dsara[tensorboard]\")")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs in this call; "
                    "run again to continue")
     p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
@@ -139,7 +143,12 @@ def cmd_train(args) -> int:
         break_lock(cfg.out)
     if (Path(cfg.out) / "last.pt").exists():
         print(f"resuming the run in {cfg.out}")
-    result = run(cfg, max_epochs=args.max_epochs)
+    scalars = for_run(args.tensorboard, cfg.out, "train")
+    try:
+        result = run(cfg, max_epochs=args.max_epochs, on_epoch=scalars)
+    finally:
+        if scalars:
+            scalars.close()
     print(f"done {result.epochs_done} epochs; best.pt = epoch {result.best_epoch} "
           f"(val clean {100 * result.best_val_clean:.1f}%, val PGD "
           f"{100 * result.best_val_robust:.1f}%)"

@@ -16,7 +16,6 @@ import contextlib
 import math
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from ..device import resolve_device, use_bf16, use_channels_last
 from ..errors import DsaraError, Interrupted
 from ..genotype import Genotype
 from ..lock import run_lock
+from ..progress import bar, write
 from ..space import SearchSpace, load_space
 from ..supernet import Supernet
 from . import distributed
@@ -249,11 +249,12 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, resume: bool,
     elif main:
         rd.write_config(cfg.to_dict())
         rd.start_alpha_history(search.alphas())
-    bar = make_progress(progress if main else False)
     with _terminate_as_interrupt():
         for epoch in range(done, cfg.epochs):
             try:
-                record = search.epoch(epoch, lambda i, n, e=epoch: bar(e + 1, cfg.epochs, i, n))
+                with bar(total=search.steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                         unit="step", enabled=progress if main else False) as steps:
+                    record = search.epoch(epoch, lambda i, n, b=steps: b.update())
             except KeyboardInterrupt:
                 raise Interrupted(f"interrupted in epoch {epoch + 1}; {rd.path} keeps the "
                                  f"checkpoint of epoch {epoch}: continue with dsara search "
@@ -346,26 +347,10 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
-def make_progress(enabled: bool | None) -> Callable[[int, int, int, int], None]:
-    """A one-line progress bar on a terminal; nothing otherwise (epochs are logged as lines)."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return lambda *a: None
-
-    def show(epoch, epochs, step, steps):
-        filled = int(30 * step / steps)
-        end = "\n" if step == steps else ""
-        sys.stderr.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] "
-                         f"{step}/{steps}{end}")
-        sys.stderr.flush()
-    return show
-
-
 def log_epoch(r: dict[str, Any], cfg: SearchConfig) -> None:
     gamma = f" gamma {r['gamma_mean']:.2f}" if r["gamma_mean"] is not None else ""
     free = " ".join(f"{t}:{n}" for t, n in r["param_free"].items())
-    print(f"epoch {r['epoch']}/{cfg.epochs} stage {r['stage']} | arch-val clean "
+    write(f"epoch {r['epoch']}/{cfg.epochs} stage {r['stage']} | arch-val clean "
           f"{r['val_clean_acc']:.3f} pgd {r['val_pgd_acc']:.3f} | train adv loss "
           f"{r['train_loss_adv']:.3f}{gamma} | param-free {free} | "
-          f"{r['images_per_s']:.0f} img/s, {r['epoch_time_s']:.1f} s", flush=True)
+          f"{r['images_per_s']:.0f} img/s, {r['epoch_time_s']:.1f} s")

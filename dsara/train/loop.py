@@ -37,6 +37,7 @@ from ..device import LAYOUTS, PRECISIONS, resolve_device, use_bf16, use_channels
 from ..errors import DsaraError
 from ..files import read_text, write_json_atomic
 from ..lock import run_lock
+from ..progress import bar
 from .checkpoint import (
     build_from_spec,
     initial_weights,
@@ -324,7 +325,8 @@ def train_epoch(model, loader: Loader, epoch: int, method, params: AdvParams, op
     """One epoch of adversarial training; returns the mean loss and the mean of each term."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
-    for x, y in loader.epoch(epoch):
+    for x, y in bar(loader.epoch(epoch), total=len(loader), desc=f"train epoch {epoch + 1}",
+                    unit="batch"):
         loss, terms = train_step(model, x, y, method, params, optimizer, grad_clip, generator, amp)
         for k, v in {"loss": loss, **terms}.items():
             sums[k] = sums.get(k, 0) + v.float()
@@ -421,15 +423,18 @@ def _format(record: dict[str, Any], epochs: int) -> str:
 # ----------------------------------------------------------------------------- the loop
 
 def run(config: TrainConfig, max_epochs: int | None = None,
-        log: Callable[[str], None] = print) -> TrainResult:
+        log: Callable[[str], None] = print,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train (or resume) the run in ``config.out``. `max_epochs` caps the epochs done by this call
-    (a time-sliced job); calling again continues where it stopped."""
+    (a time-sliced job); calling again continues where it stopped. `on_epoch` gets each epoch's
+    record after its checkpoint is written (e.g. `dsara.tensorboard`)."""
     cfg = config.resolved()
     with run_lock(cfg.out):  # one process per run directory, for this process's whole run
-        return _run(cfg, max_epochs, log)
+        return _run(cfg, max_epochs, log, on_epoch)
 
 
-def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None]) -> TrainResult:
+def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
+         on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     run_dir = Path(cfg.out)
     device = torch.device(cfg.device)
     fit, val, test, info = load_data(cfg)
@@ -489,6 +494,8 @@ def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None]) -
         state["epoch"] = epoch + 1
         _save(run_dir, cfg, spec, model, optimizer, scheduler, state, improved)
         log(_format(record, cfg.epochs))
+        if on_epoch is not None:
+            on_epoch(record)
         done += 1
     return TrainResult(run_dir, state["epoch"], state["best"]["epoch"],
                        max(state["best"]["val_robust"], 0.0), state["best"]["val_clean"],
