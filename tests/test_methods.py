@@ -411,3 +411,15 @@ def test_method_benchmark_times_every_method_against_pgd_at():
     assert set(METHODS) <= set(rows) and rows["pgd-at"]["ratio_to_pgd_at"] == 1.0
     assert all(r["median_ms"] > 0 for r in rows.values())
     assert "| so-at |" in markdown(report) and report["dtype"] == "fp32"
+
+
+def test_unused_training_images_are_neither_trained_nor_validated_on(tmp_path):
+    from dsara.train.loop import load_data
+    from dsara.train.methods.mart_ss import read_pool, write_unused_training_images
+
+    cfg = tiny_config(tmp_path / "run", train_size=40)
+    assert write_unused_training_images(cfg, 100, tmp_path / "pool") == 96 - 16 - 40
+    pool = {bytes(r) for r in read_pool(tmp_path / "pool", 8).flatten(1).numpy()}
+    fit, val, _, _ = load_data(cfg.resolved())
+    assert len(pool) == 40 and not any(
+        bytes(r) in pool for s in (fit, val) for r in s.images.flatten(1).numpy())

@@ -20,6 +20,7 @@ a teacher confidence below ``min_confidence`` are dropped too (0 = keep all, as 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,25 @@ def pseudo_label(teacher, pool: torch.Tensor, device, batch: int = 256
         labels.append(k.cpu())
         conf.append(c.cpu())
     return torch.cat(labels), torch.cat(conf)
+
+
+def write_unused_training_images(cfg, count: int, folder: str | Path) -> int:
+    """Write (as PNG, labels dropped) up to `count` training images that a run of `cfg` neither
+    trains nor validates on — the rest of the training split when ``train_size`` holds part of it
+    out — as an unlabeled pool for mart-ss. Returns how many were written."""
+    from PIL import Image
+
+    from ..loop import load_data
+
+    full = load_data(dataclasses.replace(cfg, train_size=None, val_size=cfg.val_size))[0]
+    fit, val, _, _ = load_data(cfg)
+    used = {k for s in (fit, val) for k in _keys(s.images)}
+    rest = [i for i, k in enumerate(_keys(full.images)) if k not in used][:count]
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for n, i in enumerate(rest):
+        Image.fromarray(full.images[i].permute(1, 2, 0).numpy()).save(out / f"{n:06d}.png")
+    return len(rest)
 
 
 def setup(cfg, model, fit: ImageSet, val: ImageSet, test: ImageSet, epochs_done: int, log):
