@@ -88,3 +88,16 @@ def test_weight_method_defaults_and_bad_values():
         load_search_config(None, ["weight_method=pgd"])
     with pytest.raises(DsaraError, match="unknown method option 'x' for bang"):
         load_search_config(None, ["weight_method=bang", "weight_method_options.x=1"])
+
+
+def test_a_study_can_sweep_the_weight_method():
+    from dsara.study.definition import definition_from_dict
+
+    raw = {"search": {"space": "tiny", "dataset": "synthetic", "epochs": 1},
+           "params": {"weight_method": {"type": "categorical", "choices": ["pgd-at", "trades"]}},
+           "objective": {"kind": "supernet", "metrics": ["pgd_acc"]}, "sampler": {"kind": "tpe"}}
+    d = definition_from_dict(raw)
+    assert d.search_config({"weight_method": "trades"}, "x").weight_method == "trades"
+    raw["params"]["weight_method"]["choices"] = ["pgd-at", "ladder"]
+    with pytest.raises(DsaraError, match="weight_method = 'ladder' is not a valid"):
+        definition_from_dict(raw)
