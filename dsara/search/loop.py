@@ -131,7 +131,7 @@ class Search:
         x_t_adv = (adversarial(model, x_t, y_t, cfg, self.amp, d)
                    if cfg.weight_method == "pgd-at" or cfg.order == "second" else None)
         x_v_adv = adversarial(model, x_v, y_v, cfg, self.amp, d)
-        unrolled = (make_unrolled(self.model, x_t_adv, y_t, self.w_opt, cfg, self.amp, d)
+        unrolled = (make_unrolled(self.model, x_t_adv, y_t, self.w_opt, cfg, d)
                     if cfg.order == "second" else None)
         stats = arch_step(model, x_v, y_v, x_v_adv, stage, cfg, self.amp, self.a_opt, unrolled, d)
         stats |= weight_step(model, x_t_adv, y_t, self.w_opt, cfg, self.amp, self.weights, d, x_t)

@@ -8,6 +8,7 @@ every gradient is averaged over the ranks before it is used; with one process `D
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -87,9 +88,10 @@ def arch_step(model: Supernet, x_v, y_v, x_v_adv, stage: int, cfg: SearchConfig,
              "val_correct_nat": correct_nat, "val_correct_adv": correct_adv}
     if first_order:
         g_adv = dist.mean(list(torch.autograd.grad(scale * loss_adv, alphas)))
-    else:  # the second-order update evaluates the losses again at the virtual weights
-        g_adv = dist.mean(unrolled(lambda: scale * ce(model, x_v_adv, y_v, amp)[0]))
-        g_nat = dist.mean(unrolled(lambda: ce(model, x_v, y_v, amp)[0])) if stage == 2 else None
+    else:  # the second-order update evaluates the losses again at the virtual weights, in fp32
+        g_adv = dist.mean(unrolled(lambda ctx: scale * ce(model, x_v_adv, y_v, ctx)[0]))
+        g_nat = (dist.mean(unrolled(lambda ctx: ce(model, x_v, y_v, ctx)[0])) if stage == 2
+                 else None)
     if stage == 2:  # gamma* from the rank-averaged g_nat and g_adv: the same on every rank
         direction, gamma = combine(g_nat, g_adv, cfg.combine)
         stats["gamma"] = gamma.detach()
@@ -103,21 +105,30 @@ def arch_step(model: Supernet, x_v, y_v, x_v_adv, stage: int, cfg: SearchConfig,
 
 
 def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: SearchConfig,
-                  amp: Ctx, dist: Dist = ONE
-                  ) -> Callable[[Callable[[], torch.Tensor]], list[torch.Tensor]]:
+                  dist: Dist = ONE
+                  ) -> Callable[[Callable[[Ctx], torch.Tensor]], list[torch.Tensor]]:
     """Second-order (DARTS) alpha gradient of a validation loss L_val:
 
         grad_alpha L_val(w', alpha) - xi * (grad_alpha L_train(w+) - grad_alpha L_train(w-)) / 2R
 
     with w' = w - xi * (SGD step on L_train), w+- = w +- R * grad_w' L_val, R = 0.01 / ||grad_w'||.
-    L_train is the CE of the train batch's PGD examples, held fixed.
+    L_train is the CE of the train batch's PGD examples, held fixed. The returned function takes
+    L_val as a function of the autocast context to compute it in.
+
+    Every pass here runs in fp32, whatever the search's precision. Under bf16 the shifts R*d
+    (about 1e-5 per weight) are below bf16's spacing (~5e-4 at |w| = 0.1), so w+ and w- round
+    to nearly the same weights; and the estimate is so sensitive to its inputs that bf16 rounding
+    of w' and grad_w' alone is too much (measured on the dsara proxy on a CPU, batch 8, fresh
+    weights: fp32 finite differences after bf16 w' and grad_w' give cosine 0.86 to all-fp32; in
+    fp32, a 1e-4 N(0, 1) change of the train batch gives 0.94). The PGD examples stay as crafted.
     """
+    fp32 = functools.partial(torch.autocast, x_t_adv.device.type, enabled=False)
     weights, alphas = model.weight_parameters(), model.arch_parameters()
     xi = w_opt.param_groups[0]["lr"]
     momentum = w_opt.param_groups[0]["momentum"]
     wd = w_opt.param_groups[0]["weight_decay"]
     original = [w.detach().clone() for w in weights]
-    g_train = torch.autograd.grad(ce(model, x_t_adv, y_t, amp)[0], weights, allow_unused=True)
+    g_train = torch.autograd.grad(ce(model, x_t_adv, y_t, fp32)[0], weights, allow_unused=True)
     g_train = _mean_some(dist, g_train)
     virtual = []
     for w, g in zip(original, g_train):
@@ -133,11 +144,11 @@ def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: Se
                 w.copy_(v)
 
     def train_alpha_grad():
-        return torch.autograd.grad(ce(model, x_t_adv, y_t, amp)[0], alphas)
+        return torch.autograd.grad(ce(model, x_t_adv, y_t, fp32)[0], alphas)
 
-    def unrolled(val_loss: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
+    def unrolled(val_loss: Callable[[Ctx], torch.Tensor]) -> list[torch.Tensor]:
         assign(virtual)
-        grads = torch.autograd.grad(val_loss(), alphas + weights, allow_unused=True)
+        grads = torch.autograd.grad(val_loss(fp32), alphas + weights, allow_unused=True)
         d_alpha = grads[: len(alphas)]
         d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads[len(alphas):])]
         d_w = dist.mean(d_w)
