@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "dsara.commands.arch",
     "dsara.commands.compress",
     "dsara.commands.evaluate",
+    "dsara.commands.experiment",
     "dsara.commands.export",
     "dsara.commands.plot",
     "dsara.commands.search",

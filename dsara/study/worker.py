@@ -141,15 +141,20 @@ def run_worker(name: str, storage: str | None = None, n_trials: int | None = Non
 
 
 def run_one(study, trial, definition: StudyDefinition, root: Path, storage, heartbeat_s: int,
-            log, break_lock: bool = False) -> str:
-    """Run one claimed trial and tell the study; returns the trial's final state name."""
+            log, break_lock: bool = False, objective_fn=None) -> str:
+    """Run one claimed trial and tell the study; returns the trial's final state name.
+    `objective_fn(trial, definition, root, log, taken_over=event)` replaces the study objective
+    (an experiment passes its own)."""
     import optuna
     from optuna.trial import TrialState
 
     with Heartbeat(storage, trial._trial_id, heartbeat_s) as beat:
         try:
-            values = objective(trial, definition, root, log, taken_over=beat.taken_over,
-                               break_lock=break_lock)
+            if objective_fn is not None:
+                values = objective_fn(trial, definition, root, log, taken_over=beat.taken_over)
+            else:
+                values = objective(trial, definition, root, log, taken_over=beat.taken_over,
+                                   break_lock=break_lock)
         except optuna.TrialPruned as e:
             study.tell(trial, state=TrialState.PRUNED)
             log(f"trial {trial.number}: {e}")
