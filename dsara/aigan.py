@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import pgd
+from .data import stratified_indices
 from .errors import DsaraError
 from .files import atomic_write
 
@@ -155,8 +156,9 @@ def train_generator(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     cfg.validate()
     torch.manual_seed(cfg.seed)
     device = images.device
-    if cfg.max_train:
-        images, labels = images[:cfg.max_train], labels[:cfg.max_train]
+    if cfg.max_train and cfg.max_train < len(labels):  # class-stratified, not the first N
+        index = stratified_indices(labels, cfg.max_train, cfg.seed).to(device)
+        images, labels = images[index], labels[index]
     G = Generator(images.shape[1], num_classes, eps, cfg.width).to(device)
     D = Discriminator(images.shape[1], cfg.width).to(device)
     opt_g = torch.optim.Adam(G.parameters(), cfg.lr, betas=(0.5, 0.999))

@@ -18,6 +18,28 @@ from torch import nn
 from .errors import DsaraError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+BOUND_TOL = 1e-6  # fp32 rounding of x + delta; anything beyond is an attack outside its ball
+
+
+class BrokenAttack(DsaraError):
+    """An attack returned images outside its eps-ball or outside [0, 1]: its accuracy is void."""
+
+
+def check_adversarial(x: torch.Tensor, x_adv: torch.Tensor, eps: float, name: str = "attack",
+                      tol: float = BOUND_TOL) -> None:
+    """Raise `BrokenAttack` unless ``||x_adv - x||_inf <= eps + tol`` and x_adv lies in [0, 1].
+
+    Every attack an evaluation runs goes through this, batch by batch, so an attack that lost its
+    projection (or its clamp) cannot report an accuracy. One host sync per call."""
+    if x_adv.shape != x.shape:
+        raise BrokenAttack(f"attack {name} returned shape {tuple(x_adv.shape)} for inputs of "
+                           f"shape {tuple(x.shape)}")
+    diff = (x_adv.detach().float() - x.detach().float()).abs()
+    dist, lo, hi = torch.stack([diff.amax(), x_adv.amin().float(), x_adv.amax().float()]).tolist()
+    if not (dist <= eps + tol and lo >= 0 and hi <= 1):  # also catches NaN
+        raise BrokenAttack(f"attack {name} left its bounds: max |x_adv - x| = {dist:.6g} (eps "
+                           f"{eps:.6g}), pixels in [{lo:.4g}, {hi:.4g}] (must be [0, 1]); its "
+                           "accuracy would be meaningless, fix the attack")
 
 
 def parse_eps(value: str | float) -> float:

@@ -22,7 +22,6 @@ retraining recipe on CIFAR-10 (50,000 training images per epoch, as the authors 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -40,7 +39,7 @@ from torch import nn
 from .attacks import pgd
 from .bench import _AugmentedImages, _cycle, device_name, time_steps
 from .data import Loader, SyntheticConfig, load_dataset
-from .device import cpu_has_bf16, resolve_device, use_bf16, use_channels_last
+from .device import cpu_has_bf16, fp32_math, resolve_device, use_bf16, use_channels_last
 from .errors import DsaraError
 from .models import build_model
 from .train.loop import train_step
@@ -333,24 +332,13 @@ def _eval_cases(bc, name, batch, device) -> list[dict[str, Any]]:
     base = make_model(bc, name)
     _, test = bench_data(bc, name, batch)
     out = []
-    with _tf32_off():
+    with fp32_math():  # evaluation is fp32
         for path_name in ("optimized", "reference") if bc.reference else ("optimized",):
             path = EvalBatch(path_name, copy.deepcopy(base), test, min(batch, len(test)),
                              bc.eval_steps, device)
             out.append(_case("eval", name, f"pgd{bc.eval_steps}", path, len(path.y),
                              _time(path, bc, device), device))
     return out
-
-
-@contextlib.contextmanager
-def _tf32_off():
-    """Evaluation is fp32: TF32 matmuls and convolutions off while it runs."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def summarize(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:

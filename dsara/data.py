@@ -366,6 +366,39 @@ def split_train(train: ImageSet, arch_fraction: float = 0.5, seed: int = 0) -> t
     return train.subset(~to_arch), train.subset(to_arch)
 
 
+def stratified_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Sorted positions of a seeded, class-stratified sample of exactly `n` of `labels`.
+
+    Each class gets its share of n in proportion to its count (largest remainder, ties to the
+    smaller class label), drawn uniformly within the class; so the first N of a class-sorted split
+    (imagefolder, a CIFAR copy unpacked by class) can never stand in for the whole split."""
+    total = len(labels)
+    if not 1 <= n <= total:
+        raise DsaraError(f"a subset needs 1 to {total} images, got {n}")
+    classes, counts = torch.unique(labels.cpu(), return_counts=True)  # sorted classes
+    quota = counts.double() * n / total
+    take = quota.floor().long()
+    order = torch.argsort(quota - take, descending=True, stable=True)
+    take[order[: n - int(take.sum())]] += 1
+    gen = torch.Generator().manual_seed(seed)
+    picked = [torch.nonzero(labels.cpu() == c).flatten()[torch.randperm(int(k0), generator=gen)[:k]]
+              for c, k0, k in zip(classes.tolist(), counts.tolist(), take.tolist(), strict=True)]
+    return torch.cat(picked).sort().values
+
+
+def stratified_subset(data: ImageSet, n: int | None, seed: int = 0) -> tuple[ImageSet, dict]:
+    """(`n` images of `data` drawn by `stratified_indices`, a record of which), or all of it when
+    n is None or not smaller than the split. The record goes into reports (evaluation.json)."""
+    if n is None or n >= len(data):
+        return data, {"selection": "all", "n": len(data), "of": len(data)}
+    index = stratified_indices(data.labels, max(n, 1), seed)
+    per_class = torch.bincount(data.labels[index].cpu())
+    record = {"selection": "class-stratified", "n": len(index), "of": len(data), "seed": seed,
+              "per_class": {str(c): int(k) for c, k in enumerate(per_class.tolist()) if k},
+              "indices": index.tolist()}
+    return data.subset(index), record
+
+
 # ----------------------------------------------------------------------------- loader
 
 def _crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:

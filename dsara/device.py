@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from .errors import DsaraError
@@ -46,3 +49,30 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     if setting not in LAYOUTS:
         raise DsaraError(f"channels_last must be one of {', '.join(LAYOUTS)}, got {setting!r}")
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+@contextlib.contextmanager
+def fp32_math() -> Iterator[None]:
+    """Full fp32 matmuls and convolutions (TF32 off) while the block runs; the previous settings
+    are restored afterwards. cuDNN allows TF32 convolutions by default on Ampere and newer GPUs,
+    which round their inputs to 10 mantissa bits: not the fp32 an evaluation reports.
+
+    PyTorch refuses to read the legacy flags (``allow_tf32``) once the newer ``fp32_precision``
+    ones were set, and the other way round; so this uses whichever API is in use."""
+    b = torch.backends
+    try:
+        saved = b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32
+    except RuntimeError:  # the fp32_precision API is in use
+        saved = None
+    if saved is not None:
+        b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
+    else:
+        new = b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision
+        b.cuda.matmul.fp32_precision = b.cudnn.conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        if saved is not None:
+            b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = saved
+        else:
+            b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision = new

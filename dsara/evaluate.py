@@ -1,7 +1,9 @@
 """Robustness evaluation a reviewer accepts, and the sanity checks that catch a broken one.
 
 The model is evaluated in eval mode (a model left in train mode is switched, with a warning) and in
-fp32, on the whole test split unless told otherwise. A sample counts as robust only if it is
+fp32 with TF32 off (the previous setting is restored afterwards), on the whole test split unless
+told otherwise. Every adversarial batch of every attack is checked to lie in its eps-ball and in
+[0, 1] (`dsara.attacks.check_adversarial`); an attack that leaves them stops the evaluation. A sample counts as robust only if it is
 classified correctly under every attack asked for (worst case per sample). All attacks are L-inf in
 [0, 1] pixel space:
 
@@ -12,6 +14,7 @@ classified correctly under every attack asked for (worst case per sample). All a
     cw          CW-L-inf: PGD on the Carlini-Wagner margin loss, 30 steps of eps/4, random start
     autoattack  standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein, 2020) through
                 the authors' library, the optional extra ``pip install pyautoattack``
+                (`AutoAttackConfig` selects another version or a custom list of its attacks)
     so-krylov   [recon] second-order attack: 10 steps of eps/4 along sign(d), d from 5 CG
                 iterations on input Hessian-vector products (`dsara.krylov`), random start
 
@@ -23,8 +26,9 @@ Attacks that need more than the model are built by `dsara.suite.Suite` and passe
     squeeze-adaptive   [recon] PGD against the model and the feature-squeezing detector jointly
 
 `sanity_checks` runs the checks of Carlini et al., "On Evaluating Adversarial Robustness" (2019):
-eps = 0 gives clean accuracy, accuracy does not rise with eps or with steps, a large eps drives it
-to about zero, and multi-step PGD is not weaker than FGSM.
+eps = 0 gives clean accuracy (attacked with a non-zero step, so that a PGD without its projection
+fails it), accuracy does not rise with eps or with steps, a large eps drives it to about zero, and
+multi-step PGD is not weaker than FGSM.
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import fgsm, pgd
+from .attacks import check_adversarial, fgsm, pgd
 from .data import ImageSet, Loader
-from .device import resolve_device
+from .device import fp32_math, resolve_device
 from .errors import DsaraError
 from .krylov import KrylovConfig, so_krylov
 from .progress import bar
@@ -100,10 +104,30 @@ def _import_autoattack():
                          f"{INSTALL_AUTOATTACK}") from None
 
 
-def _autoattack(model, x, y, eps, gen):
+AUTOATTACK_VERSIONS = ("standard", "plus", "rand", "custom")
+
+
+@dataclass(frozen=True)
+class AutoAttackConfig:
+    version: str = "standard"  # standard | plus | rand | custom (the authors' versions)
+    attacks: tuple[str, ...] = ()  # custom only: e.g. ("apgd-ce", "apgd-t")
+
+    def validate(self) -> None:
+        if self.version not in AUTOATTACK_VERSIONS:
+            raise DsaraError(f"unknown AutoAttack version {self.version!r}; versions: "
+                             f"{', '.join(AUTOATTACK_VERSIONS)}")
+        if bool(self.attacks) != (self.version == "custom"):
+            raise DsaraError("AutoAttack takes a list of attacks exactly when version = custom")
+
+
+def _autoattack(model, x, y, eps, gen, config: AutoAttackConfig = AutoAttackConfig()):
+    config.validate()
     cls, packaged = _import_autoattack()
     kw = {} if packaged else {"verbose": False}
-    adversary = cls(model, norm="Linf", eps=eps, version="standard", device=x.device, seed=0, **kw)
+    if config.attacks:
+        kw[("attacks" if packaged else "attacks_to_run")] = list(config.attacks)
+    adversary = cls(model, norm="Linf", eps=eps, version=config.version, device=x.device, seed=0,
+                    **kw)
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
     # standard AutoAttack targets the 9 runner-up classes (all of them on CIFAR-10); with fewer
@@ -174,8 +198,13 @@ class EvalReport:
         return "\n".join([head, *rows])
 
 
-def _correct_under(model, attack: AttackFn, x, y, eps, gen) -> torch.Tensor:
+def _correct_under(model, attack: AttackFn, x, y, eps, gen, name: str | None = None
+                   ) -> torch.Tensor:
+    """Per sample: still correct under `attack`; with `name`, the batch is checked to lie in the
+    eps-ball and [0, 1] first."""
     x_adv = attack(model, x, y, eps, gen)
+    if name is not None:
+        check_adversarial(x, x_adv, eps, name)
     with torch.no_grad():
         return model(x_adv.float()).argmax(1) == y
 
@@ -193,13 +222,14 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
                     device=device)
     correct = {name: [] for name in names}
     seconds = dict.fromkeys(names, 0.0)
-    for i, name in enumerate(names):
-        gen = torch.Generator(loader.device).manual_seed(seed + i)
-        t0 = time.perf_counter()
-        for x, y in bar(loader.epoch(0), total=len(loader), desc=name, unit="batch"):
+    with fp32_math():
+        for i, name in enumerate(names):
+            gen = torch.Generator(loader.device).manual_seed(seed + i)
             attack = (attack_fns or {}).get(name) or ATTACKS[name]
-            correct[name].append(_correct_under(model, attack, x, y, eps, gen))
-        seconds[name] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for x, y in bar(loader.epoch(0), total=len(loader), desc=name, unit="batch"):
+                correct[name].append(_correct_under(model, attack, x, y, eps, gen, name))
+            seconds[name] = time.perf_counter() - t0
     per_sample = {k: torch.cat(v) for k, v in correct.items()}
     worst = torch.stack(list(per_sample.values())).all(0)
     n = len(data)
@@ -245,12 +275,18 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     the attacker reach any image).
     """
     model = prepare_for_eval(model)
+    with fp32_math():
+        return _sanity(model, x, y, eps, batch_size, seed, large_eps, near_zero)
+
+
+def _sanity(model, x, y, eps, batch_size, seed, large_eps, near_zero) -> list[SanityResult]:
     tol = max(0.01, 2 / len(x))
     acc = partial(_accuracy, model, x, y, batch_size=batch_size, seed=seed)
     clean = acc(_clean)
-    at_zero = acc(_pgd_at(0.0, 20, 0.0))
+    # a non-zero step at eps 0: only the projection keeps x_adv = x, and this check tests it
+    at_zero = acc(_pgd_at(0.0, 20, eps / 4))
     eps_grid = [0.0, eps / 4, eps / 2, eps, 2 * eps]
-    by_eps = [acc(_pgd_at(e, 20, e / 4)) for e in eps_grid]
+    by_eps = [acc(_pgd_at(e, 20, (e or eps) / 4)) for e in eps_grid]
     step_grid = [1, 5, 20]
     by_steps = [acc(_pgd_at(eps, s, max(eps / 4, 2.5 * eps / s))) for s in step_grid]
     large = acc(_pgd_at(large_eps, 20, large_eps / 8))
@@ -258,7 +294,8 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     pgd_acc = by_eps[3]
     return [
         SanityResult("eps=0 gives clean accuracy", at_zero == clean,
-                     f"clean {100 * clean:.2f}%, PGD-20 at eps 0 {100 * at_zero:.2f}%"),
+                     f"clean {100 * clean:.2f}%, PGD-20 (step eps/4) at eps 0 "
+                     f"{100 * at_zero:.2f}%"),
         SanityResult("accuracy does not rise with eps", _largest_rise(by_eps) <= tol,
                      f"PGD-20 at eps x(0, 1/4, 1/2, 1, 2): {_pct(by_eps)}"),
         SanityResult("accuracy does not rise with steps", _largest_rise(by_steps) <= tol,

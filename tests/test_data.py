@@ -21,6 +21,7 @@ from dsara.data import (
     load_dataset,
     make_synthetic,
     split_train,
+    stratified_subset,
 )
 from dsara.errors import DsaraError
 
@@ -378,3 +379,31 @@ def test_tiny_cnn_learns_synthetic_well_above_chance(one_thread):
         x, y = next(Loader(test, len(test), shuffle=False).epoch(0))
         accuracy = (model(x).argmax(1) == y).float().mean().item()
     assert accuracy > 0.6, accuracy  # chance is 0.1; about 0.98 after these 200 steps
+
+
+# ----------------------------------------------------------------------------- stratified subsets
+
+def _class_sorted(counts):
+    labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
+    return ImageSet(torch.zeros(len(labels), 1, 8, 8, dtype=torch.uint8), labels)
+
+
+def test_stratified_subset_of_a_class_sorted_split():
+    data = _class_sorted([50, 30, 20])  # the first 20 images would all be class 0
+    part, record = stratified_subset(data, 20, seed=3)
+    assert len(part) == 20 and record["per_class"] == {"0": 10, "1": 6, "2": 4}
+    assert record["selection"] == "class-stratified" and record["of"] == 100
+    index = torch.tensor(record["indices"])
+    assert torch.equal(part.labels, data.labels[index]) and torch.equal(index, index.sort().values)
+    assert stratified_subset(data, 20, seed=3)[1] == record  # seeded
+    assert stratified_subset(data, 20, seed=4)[1]["indices"] != record["indices"]
+
+
+def test_stratified_subset_sizes_are_exact():
+    data = _class_sorted([7, 7, 7])
+    for n in range(1, 21):
+        part, record = stratified_subset(data, n)
+        counts = sorted(record["per_class"].values(), reverse=True)
+        assert len(part) == n == sum(counts) and counts[0] - counts[-1] <= 1
+    assert stratified_subset(data, 21)[1] == {"selection": "all", "n": 21, "of": 21}
+    assert stratified_subset(data, None)[0] is data

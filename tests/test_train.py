@@ -57,28 +57,89 @@ def batch():
 
 # ----------------------------------------------------------------------------- objectives
 
-P, Q = (0.5, 0.5), (0.75, 0.25)  # softmax of logits (0, 0) and (ln 3, 0)
-CLEAN, ADV, Y = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]]), torch.tensor([0])
+# Two distinct rows, so a sum instead of a mean, one row's weight for both, or a reversed KL
+# gives another value. Logits chosen for round probabilities:
+P = [(0.5, 0.5), (0.2, 0.8)]  # softmax of the clean logits (0, 0) and (0, ln 4)
+Q = [(0.75, 0.25), (0.9, 0.1)]  # softmax of the adversarial logits (ln 3, 0) and (ln 9, 0)
+LABELS = [0, 1]
+CLEAN = torch.tensor([[0.0, 0.0], [0.0, math.log(4)]], dtype=torch.float64)
+ADV = torch.tensor([[math.log(3), 0.0], [math.log(9), 0.0]], dtype=torch.float64)
+Y = torch.tensor(LABELS)
+
+
+def _kl(p, q):
+    return sum(a * (math.log(a + 1e-12) - math.log(b + 1e-12)) for a, b in zip(p, q, strict=True))
+
+
+def _mean(values):
+    return sum(values) / len(values)
 
 
 def test_trades_objective_matches_hand_computation():
-    kl = P[0] * math.log(P[0] / Q[0]) + P[1] * math.log(P[1] / Q[1])  # = 0.5 ln(4/3)
+    ce = _mean([-math.log(p[y]) for p, y in zip(P, LABELS, strict=True)])
+    kl = _mean([_kl(p, q) for p, q in zip(P, Q, strict=True)])
     loss, terms = trades_objective(CLEAN, ADV, Y, beta=6.0)
-    assert terms["ce_clean"].item() == pytest.approx(math.log(2), abs=1e-6)
-    assert terms["kl"].item() == pytest.approx(0.5 * math.log(4 / 3), abs=1e-6)
-    assert loss.item() == pytest.approx(math.log(2) + 6 * kl, abs=1e-6)
+    assert terms["ce_clean"].item() == pytest.approx(ce, abs=1e-6)
+    assert terms["kl"].item() == pytest.approx(kl, abs=1e-6)
+    assert loss.item() == pytest.approx(ce + 6 * kl, abs=1e-6)
+    mutants = {"sum over the batch": 2 * ce + 12 * kl, "beta on the CE": 6 * ce + kl,
+               "KL(q || p)": ce + 6 * _mean([_kl(q, p) for p, q in zip(P, Q, strict=True)]),
+               "KL of the clean input with itself": ce}
+    for name, value in mutants.items():
+        assert abs(value - loss.item()) > 1e-3, name
+
+
+def _mart_by_hand(weight_of):
+    runner_up = [1, 0]  # row 1: q's top class is y = 0, so class 1; row 2: the top class, 0
+    bce = _mean([-math.log(q[y]) - math.log(1.0001 - q[r] + 1e-12)
+                 for q, y, r in zip(Q, LABELS, runner_up, strict=True)])
+    robust = _mean([_kl(p, q) * weight_of(p, q, y) for p, q, y in zip(P, Q, LABELS, strict=True)])
+    return bce, robust
 
 
 def test_mart_objective_matches_hand_computation():
-    ce_adv = -math.log(Q[0])  # y = 0
-    margin = -math.log(1.0001 - Q[1] + 1e-12)  # runner-up class 1
-    kl = sum(p * (math.log(p + 1e-12) - math.log(q + 1e-12)) for p, q in zip(P, Q, strict=True))
-    weighted = kl * (1.0000001 - P[0])  # misclassification-aware weight 1 - p_y(clean)
+    bce, robust = _mart_by_hand(lambda p, q, y: 1.0000001 - p[y])  # 1 - p_y(clean)
     loss, terms = mart_objective(CLEAN, ADV, Y, beta=6.0)
-    assert terms["margin"].item() == pytest.approx(margin, abs=1e-6)
-    assert terms["bce"].item() == pytest.approx(ce_adv + margin, abs=1e-6)
-    assert terms["weighted_kl"].item() == pytest.approx(weighted, abs=1e-6)
-    assert loss.item() == pytest.approx(ce_adv + margin + 6 * weighted, abs=1e-6)
+    assert terms["bce"].item() == pytest.approx(bce, abs=1e-6)
+    assert terms["weighted_kl"].item() == pytest.approx(robust, abs=1e-6)
+    assert loss.item() == pytest.approx(bce + 6 * robust, abs=1e-6)
+    wrong_weights = {"1 - p_y(adv)": lambda p, q, y: 1 - q[y], "no weight": lambda p, q, y: 1.0,
+                     "p_y(clean)": lambda p, q, y: p[y]}
+    for name, weight in wrong_weights.items():
+        b, r = _mart_by_hand(weight)
+        assert abs(b + 6 * r - loss.item()) > 1e-3, name
+
+
+def _clean_grad(objective, clean):
+    clean = clean.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(clean, ADV, Y, beta=6.0)[0], clean)
+    return grad
+
+
+def test_trades_gradient_flows_through_the_clean_probabilities():
+    """d loss / d clean logits = (p - onehot) / B + beta p (ln p - ln q - KL) / B, the KL part
+    included: a detached p(x) in the KL term would leave only the CE part."""
+    p, q = CLEAN.softmax(1), ADV.softmax(1)
+    kl = (p * (p.log() - q.log())).sum(1, keepdim=True)
+    ce_part = (p - F.one_hot(Y, 2)) / 2
+    expected = ce_part + 6 * p * (p.log() - q.log() - kl) / 2
+    grad = _clean_grad(trades_objective, CLEAN)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    assert (grad - ce_part).abs().max() > 1e-3  # what a detached p(x) would lose
+
+
+def test_mart_gradient_flows_through_the_clean_probabilities():
+    """MART's clean logits enter through KL(p || q) and the weight 1 - p_y: both carry gradient
+    (a detached p_clean would give zero here)."""
+    p, q = CLEAN.softmax(1), ADV.softmax(1)
+    kl = (p * (p.log() - q.log())).sum(1, keepdim=True)
+    p_y = p.gather(1, Y[:, None])
+    weight = 1.0000001 - p_y
+    d_kl = p * (p.log() - q.log() - kl)
+    d_weight = -p_y * (F.one_hot(Y, 2) - p)
+    expected = 6 * (weight * d_kl + kl * d_weight) / 2
+    grad = _clean_grad(mart_objective, CLEAN)
+    assert torch.allclose(grad, expected, atol=1e-6) and grad.abs().max() > 1e-2
 
 
 def test_mart_runner_up_is_the_top_wrong_class():
@@ -111,13 +172,20 @@ def test_trades_kl_is_on_the_adversarial_input(batch):
     assert model.training  # crafted in eval mode, handed back in train mode
 
 
-def test_mart_terms_and_gradients(batch):
+def test_mart_is_its_objective_on_its_attack(batch):
     x, y = batch
     model = build_baseline("resnet_tiny", num_classes=4)
-    loss, terms = mart(model, x, y, AdvParams(8 / 255, 2 / 255, 2, beta=6.0))
-    assert set(terms) == {"bce", "margin", "weighted_kl"} and terms["weighted_kl"].item() > 0
+    p = AdvParams(8 / 255, 2 / 255, 2, beta=6.0, craft_mode="eval", start="normal")
+    before = copy.deepcopy(model.state_dict())
+    loss, terms = mart(model, x, y, p, generator=torch.Generator().manual_seed(0))
     loss.backward()
-    assert all(p.grad is not None for p in model.parameters())
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in model.parameters())
+    assert loss.item() == pytest.approx(terms["bce"].item() + 6 * terms["weighted_kl"].item(),
+                                        rel=1e-5)
+    model.load_state_dict(before)  # the same BatchNorm statistics, the same attack
+    x_adv = craft(model, x, y, p, generator=torch.Generator().manual_seed(0))
+    expected, _ = mart_objective(model(x), model(x_adv), y, 6.0)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_method_defaults_are_the_standard_recipes():

@@ -6,17 +6,24 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from ..attacks import parse_eps
-from ..data import SyntheticConfig, load_dataset
+from ..data import SyntheticConfig, load_dataset, stratified_subset
 from ..device import resolve_device
-from ..evaluate import ATTACKS, evaluate, load_trained, parse_attacks, sanity_checks, sanity_table
+from ..errors import DsaraError
+from ..evaluate import (
+    ATTACKS,
+    INSTALL_AUTOATTACK,
+    evaluate,
+    load_trained,
+    parse_attacks,
+    sanity_checks,
+    sanity_table,
+)
 from ..files import write_json_atomic
 from ..suite import CONFIGS, DETECTORS, Suite, SuiteOptions, details_table, parse_attack_sets
 from .train import add_dataset_options
 
-DEFAULT_ATTACKS = "clean,fgsm,pgd20,pgd100,cw"
+DEFAULT_ATTACKS = "clean,fgsm,pgd20,pgd100,cw,autoattack"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,8 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="dataset (default: the one the run trained on)")
     p.add_argument("--data-root", help="dataset folder (default: the run's)")
     add_dataset_options(p)
-    p.add_argument("--limit", type=int, help="evaluate only the first N test images "
-                   "(default: all; a reviewer wants all)")
+    p.add_argument("--limit", type=int, help="evaluate a seeded, class-stratified subset of N "
+                   "test images, recorded in the report (default: all; a reviewer wants all)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the --limit and "
+                   "--sanity-n subsets (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per attack batch "
                    "(default 256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -61,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sanity", action="store_true", help="also run the evaluation sanity checks; "
                    "exit status 1 if one fails")
     p.add_argument("--sanity-n", type=int, default=500, help="test images used by the sanity "
-                   "checks (default 500)")
+                   "checks, a seeded class-stratified subset of the evaluated ones (default 500)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -77,9 +86,40 @@ def test_split(args, config: dict):
         synthetic = SyntheticConfig(**fields)
     _, test, info = load_dataset(name, root, getattr(args, "download", False),
                                  synthetic=synthetic)
-    if args.limit is not None:
-        test = test.subset(torch.arange(min(max(args.limit, 1), len(test))))
-    return test, info
+    if args.limit is not None and args.limit < 1:
+        raise DsaraError(f"--limit must be >= 1 test image, got {args.limit}")
+    test, subset = stratified_subset(test, args.limit, args.subset_seed)
+    return test, info, subset
+
+
+def _attacks(text: str) -> list[str]:
+    """The attack names; with the default list and no AutoAttack library, one line says so
+    before any work (the headline worst case must not quietly leave AutoAttack out)."""
+    try:
+        return parse_attacks(text)
+    except DsaraError:
+        if text != DEFAULT_ATTACKS or "autoattack" not in ATTACKS:
+            raise
+        without = DEFAULT_ATTACKS.replace(",autoattack", "")
+        raise DsaraError(f"the default attacks include autoattack, which needs the AutoAttack "
+                         f"library: {INSTALL_AUTOATTACK}; or leave it out with --attacks "
+                         f"{without}") from None
+
+
+def _sanity(args, model, test, eps, device) -> tuple[list, dict]:
+    """The sanity checks on a seeded, class-stratified subset of the evaluated images."""
+    part, subset = stratified_subset(test, args.sanity_n, args.subset_seed)
+    x, y = part.images.float().div(255).to(device), part.labels.to(device)
+    return sanity_checks(model, x, y, eps, batch_size=args.batch_size, seed=args.seed), subset
+
+
+def _in_split(inner: dict, outer: dict) -> dict:
+    """`inner`'s record with its indices as positions in the whole split, not in `outer`."""
+    if "indices" not in outer:
+        return inner
+    if "indices" not in inner:  # the sanity checks used every evaluated image
+        return outer
+    return {**inner, "of": outer["of"], "indices": [outer["indices"][i] for i in inner["indices"]]}
 
 
 def _split(text: str | None) -> list[str]:
@@ -103,10 +143,10 @@ def train_parts(args, config: dict):
 
 def cmd_evaluate(args) -> int:
     eps = parse_eps(args.eps)
-    attacks = parse_attacks(args.attacks)
+    attacks = _attacks(args.attacks)
     model, ckpt, path = load_trained(args.target, args.arch)
     config = ckpt.get("config", {})
-    test, info = test_split(args, config)
+    test, info, subset = test_split(args, config)
     device = resolve_device(args.device)
     meta = {"checkpoint": str(path), "model": ckpt.get("model_spec", {}).get("name"),
             "epoch": ckpt.get("epoch"), "dataset": info.name, "split": "test",
@@ -121,16 +161,15 @@ def cmd_evaluate(args) -> int:
     print(report.table())
     if report.details:
         print(details_table(report.details))
-    out = report.to_dict()
+    out = {**report.to_dict(), "subset": subset}
     failed = False
     if args.sanity:
-        n = min(args.sanity_n, len(test))
-        x = test.images[:n].float().div(255).to(device)
-        results = sanity_checks(model, x, test.labels[:n].to(device), eps,
-                                batch_size=args.batch_size, seed=args.seed)
-        print(f"\nsanity checks on {n} test images:")
+        results, sanity_subset = _sanity(args, model, test, eps, device)
+        print(f"\nsanity checks on {sanity_subset['n']} test images "
+              f"({sanity_subset['selection']}):")
         print(sanity_table(results))
         out["sanity"] = [r.__dict__ for r in results]
+        out["sanity_subset"] = _in_split(sanity_subset, subset)
         failed = not all(r.passed for r in results)
     json_path = Path(args.json) if args.json else path.parent / "evaluation.json"
     write_json_atomic(json_path, json.loads(json.dumps(out)))
