@@ -106,11 +106,12 @@ def test_test_subset_is_stratified_and_fixed():
     from dsara.data import SyntheticConfig, make_synthetic
 
     _, test = make_synthetic(SyntheticConfig(n_train=20, n_test=200, image_size=8))
-    a, b = eval_subset(test, 50, 0), eval_subset(test, 50, 0)
+    (a, record), (b, _) = eval_subset(test, 50, 0), eval_subset(test, 50, 0)
     assert len(a) == 50 and (a.labels == b.labels).all() and (a.images == b.images).all()
     counts = a.labels.bincount(minlength=10)
     assert counts.min() >= 4 and counts.max() <= 6  # every class, not the first few
-    assert not (eval_subset(test, 50, 1).images == a.images).all()
+    assert record["selection"] == "class-stratified" and len(record["indices"]) == 50
+    assert not (eval_subset(test, 50, 1)[0].images == a.images).all()
 
 
 def test_published_and_baseline_units_at_the_budget(tmp_path):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..attacks import parse_eps
-from ..data import ImageSet, split_train
+from ..data import ImageSet, stratified_subset
 from ..files import write_json_atomic
 from ..ops import PARAMETER_FREE
 from .definition import Experiment, Source, Unit
@@ -124,11 +124,10 @@ def _epochs_done(train_dir: Path) -> int:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def eval_subset(test: ImageSet, n: int | None, seed: int) -> ImageSet:
-    """A seeded, class-stratified subset of about `n` test images (all of them for None)."""
-    if n is None or n >= len(test):
-        return test
-    return split_train(test, arch_fraction=n / len(test), seed=seed)[1]
+def eval_subset(test: ImageSet, n: int | None, seed: int) -> tuple[ImageSet, dict[str, Any]]:
+    """A seeded, class-stratified subset of `n` test images (all of them for None) and the record
+    of which, for the unit's evaluation.json."""
+    return stratified_subset(test, n, seed)
 
 
 def evaluate_unit(exp: Experiment, train_dir: Path, out: Path, data_root: str | None,
@@ -146,7 +145,7 @@ def evaluate_unit(exp: Experiment, train_dir: Path, out: Path, data_root: str | 
     synthetic = SyntheticConfig(**cfg["synthetic"]) if cfg.get("synthetic") else None
     _, test, _ = load_dataset(cfg["dataset"], data_root or cfg.get("data_root"),
                               synthetic=synthetic)
-    subset = eval_subset(test, ev.n_test, ev.seed)
+    subset, record = eval_subset(test, ev.n_test, ev.seed)
     eps, device = parse_eps(ev.eps), cfg["device"]
     t0 = time.perf_counter()
     report = evaluate(model, subset, ev.attacks, eps, batch_size=ev.batch_size, device=device,
@@ -154,9 +153,10 @@ def evaluate_unit(exp: Experiment, train_dir: Path, out: Path, data_root: str | 
     log(f"  evaluated {train_dir.parent.relative_to(train_dir.parents[2])}: " + ", ".join(
         f"{k} {100 * v:.1f}%" for k, v in report.accuracy.items()))
     out_d = {**report.to_dict(), "params": count_parameters(model), "epoch": ckpt.get("epoch"),
-             "device": str(device)}
+             "device": str(device), "subset": record}
     if ev.autoattack_n:
-        aa_set = eval_subset(subset, ev.autoattack_n, ev.seed + 1)
+        aa_set, aa_record = eval_subset(subset, ev.autoattack_n, ev.seed + 1)
+        out_d["autoattack_subset"] = aa_record  # positions within the subset above
         aa = evaluate(model, aa_set, ["autoattack"], eps, batch_size=ev.batch_size,
                       device=device, seed=ev.seed)
         out_d["accuracy"]["autoattack"] = aa.accuracy["autoattack"]
