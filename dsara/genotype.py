@@ -181,10 +181,12 @@ def _concat(node, where) -> tuple[int, ...]:
     return tuple(_int(e, where) for e in _sequence(node, where))
 
 
-def derive(alphas: Mapping[str, torch.Tensor], ops: list[str], nodes: int) -> Genotype:
+def derive(alphas: Mapping[str, torch.Tensor], ops: list[str], nodes: int,
+           edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:
     """DARTS derivation: per node keep the 2 strongest incoming edges, each with its best op.
 
-    Edge strength is the largest softmax weight of a non-`none` op on that edge. A node's edges are
+    Edge strength is the largest softmax weight of a non-`none` op on that edge, times the edge's
+    weight where `edge_weights` gives one per edge (PC-DARTS: softmax(beta) over a node's inputs). A node's edges are
     listed strongest first, ties to the lower input (DARTS' stable `sorted`), as the published
     cells are written.
     """
@@ -192,6 +194,8 @@ def derive(alphas: Mapping[str, torch.Tensor], ops: list[str], nodes: int) -> Ge
     none = ops.index("none") if "none" in ops else None
     for cell_type, alpha in alphas.items():
         w = torch.softmax(alpha.detach().float().cpu(), dim=-1)  # (edges, ops)
+        if edge_weights is not None and cell_type in edge_weights:
+            w = w * edge_weights[cell_type].detach().float().cpu()[:, None]
         if none is not None:
             w[:, none] = -1.0
         edges, start = [], 0

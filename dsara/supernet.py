@@ -3,6 +3,12 @@
 Each cell type has its own architecture parameter alpha of shape (edges, ops), held as a real
 `nn.Parameter` in ``self.alphas`` so that it is in the state dict and checkpoints; it is kept apart
 from the weights by `arch_parameters()` / `weight_parameters()` (separate optimizers), not hidden.
+
+With partial channels (``partial_k`` K > 1) the supernet is PC-DARTS (Xu et al., ICLR 2020): 1/K of
+each edge's channels go through the ops, and each cell type also has edge-normalization weights
+beta (``self.edge_betas``, one per edge, 1e-3 * N(0, 1) as their code): a node sums its incoming
+mixed ops weighted by softmax(beta) over those edges, and derivation ranks edges by
+softmax(alpha) * softmax(beta), as their `genotype()` does.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 from torch import nn
 
 from .activations import Act, compact, factory, mixed_factory, relu
+from .errors import DsaraError
 from .genotype import Genotype, derive, n_edges
 from .network import input_normalization, preprocess, stem
 from .ops import POOLS, make_op
@@ -58,22 +65,44 @@ class SearchCell(nn.Module):
             MixedOp(C, 2 if reduction and src < 2 else 1, ops, partial_k, act)
             for node in range(nodes) for src in range(node + 2))
 
-    def forward(self, s0, s1, weights):  # weights (edges, ops)
+    def forward(self, s0, s1, weights, edge_weights=None):  # (edges, ops), (edges,) or None
         states = [self.pre0(s0), self.pre1(s1)]
         offset = 0
         for _ in range(self.nodes):
-            states.append(sum(self.edges[offset + j](h, weights[offset + j])
-                              for j, h in enumerate(states)))
+            outs = [self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)]
+            if edge_weights is not None:  # PC-DARTS edge normalization
+                outs = [edge_weights[offset + j] * o for j, o in enumerate(outs)]
+            states.append(sum(outs))
             offset += len(states) - 1
         return torch.cat(states[2:], dim=1)
+
+
+def edge_softmax(beta: torch.Tensor, nodes: int) -> torch.Tensor:
+    """softmax(beta) over each node's incoming edges, concatenated: (edges,) -> (edges,)."""
+    parts, start = [], 0
+    for node in range(nodes):
+        parts.append(torch.softmax(beta[start: start + node + 2], dim=-1))
+        start += node + 2
+    return torch.cat(parts)
+
+
+def check_partial_k(macro: Macro, k: int) -> None:
+    """Partial channels split every cell's C channels into K groups: each must divide by K."""
+    if k < 1:
+        raise DsaraError(f"partial_k must be >= 1, got {k}")
+    for i, stage in enumerate(macro.stages):
+        C = macro.stage_channels(stage)
+        if C % k:
+            raise DsaraError(f"partial_k = {k} needs C and every stage's channels to divide by "
+                             f"{k}, but stage {i} has {C} (width {stage.width:g} x C = "
+                             f"{macro.C}); choose a K that divides them or another C")
 
 
 class Supernet(nn.Module):
     def __init__(self, macro: Macro, ops: list[str], partial_k: int = 1,
                  alpha_init_std: float = 1e-3):
         super().__init__()
-        if partial_k < 1:
-            raise ValueError(f"partial_k must be >= 1, got {partial_k}")
+        check_partial_k(macro, partial_k)
         self.macro, self.ops = macro, list(ops)
         acts = self._activations(macro, alpha_init_std)
         self.normalize = input_normalization(macro)
@@ -94,6 +123,10 @@ class Supernet(nn.Module):
         # alpha ~ 1e-3 * N(0, 1) (reference code); one tensor per cell type.
         self.alphas = nn.ParameterDict({
             t: nn.Parameter(alpha_init_std * torch.randn(shape)) for t in macro.cell_types()})
+        # PC-DARTS edge normalization: only with partial channels, as PC-DARTS pairs them
+        self.edge_betas = nn.ParameterDict({
+            t: nn.Parameter(alpha_init_std * torch.randn(shape[0])) for t in macro.cell_types()
+        } if partial_k > 1 else {})
 
     def _activations(self, macro: Macro, init_std: float) -> dict[str, Act]:
         """One activation per cell type; a cell type with several candidates gets a searched
@@ -117,20 +150,28 @@ class Supernet(nn.Module):
 
     def forward(self, x):
         weights = {t: torch.softmax(a.float(), dim=-1) for t, a in self.alphas.items()}
+        edges = self.edge_weights()
         s0 = s1 = self.stem(self.normalize(x))
         for cell, t in zip(self.cells, self.cell_types):
-            s0, s1 = s1, cell(s0, s1, weights[t].to(s1.dtype))
+            e = edges[t].to(s1.dtype) if t in edges else None
+            s0, s1 = s1, cell(s0, s1, weights[t].to(s1.dtype), e)
         return self.classifier(self.pool(s1).flatten(1))
 
+    def edge_weights(self) -> dict[str, torch.Tensor]:
+        """softmax(beta) per node's incoming edges, per cell type; empty without partial channels."""
+        return {t: edge_softmax(b.float(), self.macro.nodes) for t, b in self.edge_betas.items()}
+
     def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.alphas.values()) + list(self.activation_alphas.values())
+        return (list(self.alphas.values()) + list(self.activation_alphas.values())
+                + list(self.edge_betas.values()))
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
     def genotype(self) -> Genotype:
-        return derive(dict(self.alphas.items()), self.ops, self.macro.nodes)
+        edges = {t: w.detach() for t, w in self.edge_weights().items()}
+        return derive(dict(self.alphas.items()), self.ops, self.macro.nodes, edges or None)
 
 
 def build_supernet(space: SearchSpace, num_classes: int = 10, mean=None, std=None,

@@ -180,3 +180,75 @@ def test_architecture_files_record_normalization_and_old_files_normalize(tmp_pat
     assert not torch.allclose(_stem_input(old, x), x)
     forced = dsara.build_model("ARNAS", cells=5, channels=4, normalize=True)
     torch.testing.assert_close(_stem_input(forced, x), _stem_input(old, x))
+
+
+@pytest.mark.parametrize("space_name,overrides,k,stage", [
+    ("tiny", {}, 3, 0),                                 # C = 4
+    ("robustwrn", {}, 8, 2),                            # 24, 48, 1.5 x 24 = 36
+    ("dsara", {"stages.2.width": 1.25}, 4, 2),          # 24, 48, 30
+])
+def test_partial_k_that_does_not_divide_a_stage_is_one_line(space_name, overrides, k, stage):
+    space = load_space(space_name, overrides=overrides)
+    with pytest.raises(dsara.DsaraError, match=f"partial_k = {k} .* stage {stage} has") as e:
+        Supernet(space.proxy_macro(), space.ops, partial_k=k)
+    assert "\n" not in str(e.value)
+
+
+def test_partial_k_search_refuses_before_loading_data(tmp_path):
+    from dsara.search import SearchConfig, run
+
+    cfg = SearchConfig(space="tiny", dataset="cifar10", data_root=str(tmp_path / "none"),
+                       partial_k=3, out=str(tmp_path / "run"))
+    with pytest.raises(dsara.DsaraError, match="partial_k = 3 needs"):
+        run(cfg)
+
+
+def test_pc_darts_edge_normalization_beta(batch):
+    """beta per edge, softmax over each node's incoming edges, scaling the mixed-op outputs."""
+    from dsara.supernet import edge_softmax
+
+    space = load_space("tiny", overrides={"proxy.C": 8})
+    net = Supernet(space.proxy_macro(), space.ops, partial_k=2)
+    assert set(net.edge_betas) == set(net.alphas) and not Supernet(
+        space.proxy_macro(), space.ops).edge_betas  # only with partial channels, as PC-DARTS
+    arch = {id(p) for p in net.arch_parameters()}
+    assert all(id(b) in arch for b in net.edge_betas.values())
+    assert all(id(p) not in arch for p in net.weight_parameters())
+    assert {f"edge_betas.{t}" for t in net.alphas} <= set(net.state_dict())
+    beta = torch.tensor([0.3, -1.0, 2.0, 0.5, 0.1])  # node 0: edges 0-1, node 1: edges 2-4
+    torch.testing.assert_close(edge_softmax(beta, 2), torch.cat(
+        [torch.softmax(beta[:2], 0), torch.softmax(beta[2:], 0)]))
+    # one cell by hand: node = sum_j softmax(beta)_j * mixed_op_j(h_j)
+    cell, x = net.cells[0].eval(), batch[0][:, :, :8, :8]
+    s0 = s1 = net.stem(x)
+    w = torch.softmax(torch.randn(5, len(space.ops)), -1)
+    ew = edge_softmax(beta, 2)
+    h = [cell.pre0(s0), cell.pre1(s1)]
+    h.append(ew[0] * cell.edges[0](h[0], w[0]) + ew[1] * cell.edges[1](h[1], w[1]))
+    h.append(sum(ew[2 + j] * cell.edges[2 + j](h[j], w[2 + j]) for j in range(3)))
+    torch.testing.assert_close(cell(s0, s1, w, ew), torch.cat(h[2:], 1))
+    # beta changes the supernet's output and gets a gradient
+    x, y = batch
+    net.eval()
+    before = net(x)
+    with torch.no_grad():
+        net.edge_betas["robust"][2:] = torch.tensor([3.0, -3.0, 0.0])
+    assert not torch.allclose(before, net(x))
+    F.cross_entropy(net(x), y).backward()
+    assert all(b.grad is not None and b.grad.abs().sum() > 0 for b in net.edge_betas.values())
+
+
+def test_pc_darts_derivation_ranks_edges_by_alpha_times_beta():
+    space = load_space("tiny", overrides={"proxy.C": 8})
+    net = Supernet(space.proxy_macro(), space.ops, partial_k=2)
+    sep = space.ops.index("sep_conv_3x3")
+    with torch.no_grad():
+        for t in net.alphas:
+            net.alphas[t].zero_()
+            net.alphas[t][2:, sep] = torch.tensor([2.0, 1.9, 0.0])  # node 1: edges 0, 1 by alpha
+            net.edge_betas[t].zero_()
+    assert [src for _, src in net.genotype()["robust"].edges[2:]] == [0, 1]
+    with torch.no_grad():
+        net.edge_betas["robust"][2:] = torch.tensor([-2.0, 0.0, 2.0])  # beta prefers 2, then 1
+    assert [src for _, src in net.genotype()["robust"].edges[2:]] == [2, 1]
+    assert [src for _, src in net.genotype()["accurate"].edges[2:]] == [0, 1]

@@ -33,7 +33,9 @@ OPTIONS = [
     ("--lam", "lam", float, "weight lambda of the adversarial loss in stage 2 (default 0.1)"),
     ("--combine", "combine", str, "stage-2 combination: mgda (min-norm) | sum (default mgda)"),
     ("--order", "order", str, "alpha gradient: first | second (unrolled) (default first)"),
-    ("--partial-k", "partial_k", int, "PC-DARTS partial channels 1/K (default 1: all)"),
+    ("--partial-k", "partial_k", int, "PC-DARTS: 1/K of the channels through each mixed op, "
+     "plus edge normalization beta; C and every stage's channels must divide by K (default 1: "
+     "plain DARTS)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N (default auto)"),
     ("--precision", "precision", str, "auto (bf16 autocast on CUDA) | fp32 | bf16"),

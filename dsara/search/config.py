@@ -25,7 +25,9 @@ class SearchConfig:
     # what is searched
     space: str = "dsara"  # search space name or path to its TOML
     space_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"stages.2.width": 1.5}
-    partial_k: int = 1  # PC-DARTS partial channels: 1/K of the channels go through each mixed op
+    # PC-DARTS when K > 1: 1/K of the channels go through each mixed op, and edge-normalization
+    # weights beta (softmax over each node's incoming edges) scale the edges, also in derivation
+    partial_k: int = 1
 
     # data
     dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | imagefolder | synthetic

@@ -34,7 +34,7 @@ from ..genotype import Genotype
 from ..lock import run_lock
 from ..progress import bar, write
 from ..space import SearchSpace, load_space
-from ..supernet import Supernet
+from ..supernet import Supernet, check_partial_k
 from . import distributed
 from .config import SearchConfig
 from .distributed import Dist
@@ -69,6 +69,7 @@ class Search:
         self.device = device or resolve_device(cfg.device)
         cuda = self.device.type == "cuda"
         self.space: SearchSpace = load_space(cfg.space, cfg.space_overrides)
+        check_partial_k(self.space.proxy_macro(), cfg.partial_k)  # before loading any data
         synthetic = SyntheticConfig(**cfg.synthetic) if cfg.dataset == "synthetic" else None
         train, _, self.info = load_dataset(cfg.dataset, cfg.data_root, cfg.download,
                                            synthetic=synthetic)
