@@ -127,9 +127,13 @@ class Experiment:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def units(self) -> list[Unit]:
-        return [Unit(s.name, seed, i if s.kind == "random" else None)
-                for s in self.sources.values() for seed in s.seeds
-                for i in range(s.count if s.kind == "random" else 1)]
+        """Every unit, round-robin over the sources (each source's first run, then each one's
+        second, ...): workers take them in this order, so a stopped experiment has a bit of
+        every source instead of all of the first ones."""
+        runs = [[Unit(s.name, seed, i if s.kind == "random" else None) for seed in s.seeds
+                 for i in range(s.count if s.kind == "random" else 1)]
+                for s in self.sources.values()]
+        return [r[k] for k in range(max(map(len, runs))) for r in runs if k < len(r)]
 
     @property
     def sha256(self) -> str:
