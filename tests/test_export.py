@@ -4,6 +4,7 @@ text is the authors' form; bad input is one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -158,12 +159,23 @@ def test_robustbench_card_carries_the_evaluation(runs, tmp_path):
     assert "AutoAttack" not in card["footnote"]
 
 
+# every activation (sparta with a non-default kernel), input normalization off
+OTHER_MACRO = {"activation": {"normal": "swish", "reduce": "sparta"},
+               "activation_options": {"sparta": {"kernel": 5}}, "normalize": False}
+
+
 @pytest.mark.parametrize("name", [n for n in BASELINES if n.endswith("_tiny")]
-                         + ["cells", "cells-raw"])
+                         + ["cells", "cells-raw", "cells-acts"])
 def test_standalone_network_matches_dsara(name):
     """The torch-only rebuild has dsara's exact state-dict keys and logits (random weights, BN
     statistics moved off their defaults so that a wrong buffer would show)."""
-    if name.startswith("cells"):  # cells-raw: no input normalization, as the DSARA space
+    if name == "cells-acts":
+        arch = from_genotype_text(ALL_OPS, "darts").resized(5, 4)
+        arch = dsara.Architecture(arch.genotype, dataclasses.replace(arch.macro, **OTHER_MACRO))
+        model = dsara.build_model(arch)
+        source = Source(Path("x"), {"kind": "architecture", "name": name,
+                                    "architecture": arch.to_dict()}, model)
+    elif name.startswith("cells"):  # cells-raw: no input normalization, as the DSARA space
         model = dsara.build_model(from_genotype_text(ALL_OPS, "darts"), cells=5, channels=4,
                                   normalize=name == "cells")
         source = Source(Path("x"), {"kind": "architecture", "name": "all-ops",
@@ -179,12 +191,16 @@ def test_standalone_network_matches_dsara(name):
     model.eval()
     from dsara.export.robustbench import AUX, layout
 
-    net = standalone.build(layout(source, "w.pt"))
+    net = standalone.build(json.loads(json.dumps(layout(source, "w.pt"))))  # as model.py reads it
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(AUX)}
     net.load_state_dict(state)  # strict: same keys and shapes
     x = torch.rand(3, 3, 12, 12)
     with torch.no_grad():
         assert torch.allclose(net(x), model(x), atol=1e-5)
+    if name == "cells-acts":  # the options reached the rebuild: sparta gates are 5x5
+        assert {m.gate.kernel_size for m in net.modules()
+                if isinstance(m, standalone.Sparta)} == {(5, 5)}
+        assert not isinstance(net.normalize, standalone.Normalize)
 
 
 def _arch_dict(model):

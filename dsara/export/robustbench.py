@@ -47,12 +47,20 @@ def layout(source: Source, weights: str) -> dict[str, Any]:
         macro, genotype = source.architecture.macro, source.architecture.genotype
         net = {"kind": "cells", "genotype": genotype.to_dict(), "normalize": macro.normalize,
                "stem_channels": macro.stem_multiplier * macro.C,
-               "plan": [[c.cell_type, c.C, c.reduction] for c in macro.cell_plan()]}
+               "plan": [[c.cell_type, c.C, c.reduction] for c in macro.cell_plan()],
+               "activations": activations(macro)}
     else:
         net = dict(source.model.layout)
     stats = source.spec.get("architecture", {}).get("macro", source.spec)
     return {**net, "num_classes": int(stats["num_classes"]), "mean": list(stats["mean"]),
             "std": list(stats["std"]), "weights": weights}
+
+
+def activations(macro) -> dict[str, dict[str, Any]]:
+    """Per cell type ``{"name": ..., **options}`` (a discrete network has one per type)."""
+    options = macro.activation_options or {}
+    return {t: {"name": names[0], **options.get(names[0], {})}
+            for t, names in macro.activations().items()}
 
 
 def model_py(net_layout: dict[str, Any], source: Source) -> str:

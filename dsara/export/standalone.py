@@ -34,24 +34,49 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+# ----------------------------------------------------------------------------- activations
+
+class Sparta(nn.Module):
+    """dsara's reconstruction of Sparta: x * sigmoid(per-channel k x k conv of x + bias)."""
+
+    def __init__(self, c, kernel=3):
+        super().__init__()
+        self.gate = nn.Conv2d(c, c, kernel, padding=kernel // 2, groups=c, bias=True)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.gate(x))
+
+
+def activation(spec):
+    """``channels -> module`` for ``{"name": "relu" | "swish" | "sparta", **options}``."""
+    name = spec.get("name", "relu")
+    if name == "relu":
+        return lambda c: nn.ReLU()
+    if name == "swish":
+        return lambda c: nn.SiLU()
+    if name == "sparta":
+        return lambda c: Sparta(c, int(spec.get("kernel", 3)))
+    raise ValueError(f"unknown activation {name!r}")
+
+
 # ----------------------------------------------------------------------------- DARTS operations
 
-def relu_conv_bn(c_in, c_out, kernel, stride, padding):
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
+def relu_conv_bn(c_in, c_out, kernel, stride, padding, act):
+    return nn.Sequential(act(c_in), nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
                          nn.BatchNorm2d(c_out))
 
 
-def dil_conv(c_in, c_out, kernel, stride, padding, dilation):
+def dil_conv(c_in, c_out, kernel, stride, padding, dilation, act):
     return nn.Sequential(
-        nn.ReLU(),
+        act(c_in),
         nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in,
                   bias=False),
         nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
 
 
-def sep_conv(c, kernel, stride, padding):
-    return nn.Sequential(dil_conv(c, c, kernel, stride, padding, 1),
-                         dil_conv(c, c, kernel, 1, padding, 1))
+def sep_conv(c, kernel, stride, padding, act):
+    return nn.Sequential(dil_conv(c, c, kernel, stride, padding, 1, act),
+                         dil_conv(c, c, kernel, 1, padding, 1, act))
 
 
 class Zero(nn.Module):
@@ -64,9 +89,9 @@ class Zero(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    def __init__(self, c_in, c_out):
+    def __init__(self, c_in, c_out, act):
         super().__init__()
-        self.relu = nn.ReLU()
+        self.relu = act(c_in)  # dsara's name, whatever the activation
         self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
@@ -78,32 +103,32 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 
-def make_op(name, c, stride):
+def make_op(name, c, stride, act):
     if name == "none":
         return Zero(stride)
     if name == "skip_connect":
-        return nn.Identity() if stride == 1 else FactorizedReduce(c, c)
+        return nn.Identity() if stride == 1 else FactorizedReduce(c, c, act)
     if name == "max_pool_3x3":
         return nn.MaxPool2d(3, stride=stride, padding=1)
     if name == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
     kernel = int(name[-1])
     if name.startswith("sep_conv"):
-        return sep_conv(c, kernel, stride, kernel // 2)
+        return sep_conv(c, kernel, stride, kernel // 2, act)
     if name.startswith("dil_conv"):
-        return dil_conv(c, c, kernel, stride, 2 * (kernel // 2), 2)
+        return dil_conv(c, c, kernel, stride, 2 * (kernel // 2), 2, act)
     raise ValueError(f"unknown op {name!r}")
 
 
 # ----------------------------------------------------------------------------- cell networks
 
 class Cell(nn.Module):
-    def __init__(self, genotype, c_pp, c_p, c, reduction, reduction_prev):
+    def __init__(self, genotype, c_pp, c_p, c, reduction, reduction_prev, act):
         super().__init__()
-        self.pre0 = (FactorizedReduce(c_pp, c) if reduction_prev
-                     else relu_conv_bn(c_pp, c, 1, 1, 0))
-        self.pre1 = relu_conv_bn(c_p, c, 1, 1, 0)
-        self.ops = nn.ModuleList(make_op(op, c, 2 if reduction and src < 2 else 1)
+        self.pre0 = (FactorizedReduce(c_pp, c, act) if reduction_prev
+                     else relu_conv_bn(c_pp, c, 1, 1, 0, act))
+        self.pre1 = relu_conv_bn(c_p, c, 1, 1, 0, act)
+        self.ops = nn.ModuleList(make_op(op, c, 2 if reduction and src < 2 else 1, act)
                                  for op, src in genotype["edges"])
         self.inputs = [src for _, src in genotype["edges"]]
         self.concat = list(genotype["concat"])
@@ -116,20 +141,25 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
+def input_normalization(layout):
+    if layout.get("normalize", True):
+        return Normalize(layout["mean"], layout["std"])
+    return nn.Identity()  # raw [0, 1] pixels into the stem
+
+
 class CellNetwork(nn.Module):
     def __init__(self, layout):
         super().__init__()
         c_stem = layout["stem_channels"]
-        # DSARA cells take raw [0, 1] pixels (normalize false), DARTS cells standardize them
-        self.normalize = (Normalize(layout["mean"], layout["std"])
-                          if layout.get("normalize", True) else nn.Identity())
+        self.normalize = input_normalization(layout)
         self.stem = nn.Sequential(nn.Conv2d(len(layout["mean"]), c_stem, 3, padding=1,
                                             bias=False), nn.BatchNorm2d(c_stem))
         c_pp, c_p, reduction_prev = c_stem, c_stem, False
         self.cells = nn.ModuleList()
         for cell_type, c, reduction in layout["plan"]:
             genotype = layout["genotype"][cell_type]
-            self.cells.append(Cell(genotype, c_pp, c_p, c, reduction, reduction_prev))
+            act = activation(layout.get("activations", {}).get(cell_type, {}))
+            self.cells.append(Cell(genotype, c_pp, c_p, c, reduction, reduction_prev, act))
             c_pp, c_p, reduction_prev = c_p, len(genotype["concat"]) * c, reduction
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, layout["num_classes"])
@@ -186,7 +216,7 @@ class ResidualNetwork(nn.Module):
     def __init__(self, layout):
         super().__init__()
         block, c = BLOCKS[layout["block"]], layout["stem_channels"]
-        self.normalize = Normalize(layout["mean"], layout["std"])
+        self.normalize = input_normalization(layout)
         stem_bn = [nn.BatchNorm2d(c), nn.ReLU()] if layout["stem_bn"] else []
         self.stem = nn.Sequential(conv3x3(len(layout["mean"]), c), *stem_bn)
         layers = []
