@@ -73,6 +73,7 @@ class TrainBenchConfig:
     compile: bool = False  # torch.compile the optimized path's model
     reference: bool = True  # also time the reference path
     evaluation: bool = True  # also time one PGD-20 evaluation batch
+    profile: int = 0  # > 0: torch.profiler's top N ops of one optimized training step per case
     seed: int = 0
 
     def validate(self) -> TrainBenchConfig:
@@ -319,6 +320,8 @@ def run_bench(bc: TrainBenchConfig) -> dict[str, Any]:
                 for path, precision in _train_paths(bc, name, method, batch, device):
                     ms = _time(path, bc, device)
                     cases.append(_case("train", name, method, path, batch, ms, device, precision))
+                    if bc.profile and path.name == "optimized":
+                        cases[-1]["top_ops"] = top_ops(path, device, bc.profile)
                     del path
             if bc.evaluation:
                 cases += _eval_cases(bc, name, batch, device)
@@ -339,6 +342,22 @@ def _eval_cases(bc, name, batch, device) -> list[dict[str, Any]]:
             out.append(_case("eval", name, f"pgd{bc.eval_steps}", path, len(path.y),
                              _time(path, bc, device), device))
     return out
+
+
+def top_ops(step, device: torch.device, n: int) -> list[dict[str, Any]]:
+    """The `n` ops with the most self time in one step, from `torch.profiler`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0) / 1e3}
+            for e in events[:n]]
 
 
 def summarize(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -381,6 +400,11 @@ def markdown(report: dict[str, Any]) -> str:
         ref = "-" if r["reference_hours"] is None else f"{r['reference_hours']:.2f}"
         lines.append(f"| {r['kind']} | {r['model']} | {r['method']} | {r['batch']} | "
                      f"{r['dtype']} | {su} | {r['optimized_hours']:.2f} | {ref} |")
+    for c in report["cases"]:
+        if c.get("top_ops"):
+            lines += ["", f"Top ops of one optimized step: {c['model']} {c['method']} batch "
+                      f"{c['batch']} {c['dtype']}", "", "| op | calls | self ms |", "|---|---|---|"]
+            lines += [f"| `{o['op']}` | {o['calls']} | {o['self_ms']:.1f} |" for o in c["top_ops"]]
     lines.append("")
     lines.append(f"Hours: training = {EPOCHS} epochs of {TRAIN_IMAGES:,} images (the reference "
                  f"retraining recipe); evaluation = one PGD-{bc['eval_steps']} pass over "
@@ -410,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized model")
     p.add_argument("--no-reference", action="store_true", help="skip the reference path")
     p.add_argument("--no-eval", action="store_true", help="skip the PGD-20 evaluation batch")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also list torch.profiler's top N ops of one optimized step")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     args = p.parse_args(argv)
@@ -419,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         precisions=args.precision or ["auto"], channels_last=args.channels_last,
         pgd_steps=args.pgd_steps, eval_steps=args.eval_steps, steps=args.steps,
         warmup=args.warmup, compile=args.compile, reference=not args.no_reference,
-        evaluation=not args.no_eval)
+        evaluation=not args.no_eval, profile=args.profile)
     try:
         report = run_bench(bc)
     except DsaraError as e:

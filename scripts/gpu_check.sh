@@ -50,7 +50,8 @@ else
   device=cuda
   search_args=(--size proxy --batch 32 --batch 256 --steps 20 --warmup 5)
   compile_args=(--size proxy --batch 256 --steps 20 --warmup 5 --compile --no-reference)
-  train_args=(--size full --batch 128 --steps 5 --warmup 2 --precision auto --precision fp32)
+  train_args=(--size full --batch 128 --steps 5 --warmup 2 --precision auto --precision fp32
+              --profile 10)
   t_search=150 t_compile=120 t_train=150 t_tests=60 t_epoch=120
 fi
 

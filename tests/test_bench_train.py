@@ -59,7 +59,7 @@ def test_cpu_smoke_run_reports_both_paths_the_ratio_and_the_eval_batch(tmp_path)
     code = main(["--device", "cpu", "--size", "small", "--model", "resnet18", "--method",
                  "pgd-at", "--batch", "4", "--steps", "2", "--warmup", "0", "--pgd-steps", "1",
                  "--eval-steps", "1", "--precision", "fp32", "--precision", "bf16",
-                 "--json", str(out), "--markdown", str(md)])
+                 "--profile", "3", "--json", str(out), "--markdown", str(md)])
     assert code == 0
     report = json.loads(out.read_text())
     cases = {(c["kind"], c["path"], c["dtype"]) for c in report["cases"]}
@@ -73,6 +73,9 @@ def test_cpu_smoke_run_reports_both_paths_the_ratio_and_the_eval_batch(tmp_path)
     assert len(rows) == 3 and all(r["speedup"] > 0 and r["optimized_hours"] > 0 for r in rows)
     assert isinstance(report["cpu_bf16"], bool)
     assert "| train | resnet18 | pgd-at | reference | 4 |" in md.read_text()
+    top = [c["top_ops"] for c in report["cases"] if "top_ops" in c]
+    assert len(top) == 2 and all(len(t) == 3 and t[0]["self_ms"] >= t[2]["self_ms"] for t in top)
+    assert any("conv" in o["op"] for t in top for o in t)
 
 
 def test_unknown_model_is_one_line_error(capsys):
