@@ -15,7 +15,8 @@ against a plain-PyTorch reference path, side by side in one process.
 Both paths train the same architecture from the same weights with the same objective (the
 auxiliary head included), so a training step does the same arithmetic; `tests/test_bench_train.py`
 checks that their loss trajectories agree in fp32. Times are per step after `warmup` untimed
-steps: CUDA events on a GPU, `perf_counter` on a CPU. The projection is the 200-epoch reference
+steps, the paths of a case taken in turns (`round_robin`) so that load changes on a shared machine
+hit them alike: CUDA events on a GPU, `perf_counter` on a CPU. The projection is the 200-epoch reference
 retraining recipe on CIFAR-10 (50,000 training images per epoch, as the authors train).
 """
 
@@ -27,6 +28,7 @@ import json
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import pgd
-from .bench import _AugmentedImages, _cycle, device_name, time_steps
+from .bench import _AugmentedImages, _cycle, device_name
 from .data import Loader, SyntheticConfig, load_dataset
 from .device import cpu_has_bf16, fp32_math, resolve_device, use_bf16, use_channels_last
 from .errors import DsaraError
@@ -281,31 +283,72 @@ class EvalBatch:
 
 # ----------------------------------------------------------------------------- timing
 
-def _case(kind, model, method, path, batch, ms: list[float], device, precision="-"):
+def _case(kind, model, method, path, batch, ms: list[float], peak, precision="-"):
     q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
     median = statistics.median(ms)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"kind": kind, "model": model, "method": method, "path": path.name, "batch": batch,
             "dtype": path.dtype, "layout": path.layout, "precision": precision,
             "ms_median": median, "ms_q1": q[0], "ms_q3": q[2], "ms_mean": statistics.fmean(ms),
             "images_per_s": batch / (median / 1e3), "peak_mem_mb": peak}
 
 
-def _time(path, bc: TrainBenchConfig, device) -> list[float]:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    return time_steps(path, 0, bc.warmup, bc.steps, device)
+def round_robin(paths: list, warmup: int, steps: int, device: torch.device) -> list[list[float]]:
+    """Milliseconds of `steps` steps of every path, taken in turns (one step of each path per
+    round), so that a change of machine load hits every path alike: on a shared machine the
+    ratios stay meaningful where back-to-back blocks of steps would not."""
+    for path in paths:
+        for _ in range(warmup):
+            path()
+    times: list[list[float]] = [[] for _ in paths]
+    for _ in range(steps):
+        for path, out in zip(paths, times):
+            out.append(_one_step_ms(path, device))
+    return times
 
 
-def _train_paths(bc, name, method, batch, device) -> Iterator[tuple[Any, str]]:
+def _one_step_ms(path, device: torch.device) -> float:
+    if device.type != "cuda":
+        start = time.perf_counter()
+        path()
+        return 1e3 * (time.perf_counter() - start)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    path()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end)
+
+
+def peak_mb(path, device: torch.device) -> float | None:
+    """Peak CUDA memory of one more step of `path` alone (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    path()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _measure(kind, name, method, batch, paths: list[tuple[Any, str]], bc, device):
+    times = round_robin([p for p, _ in paths], bc.warmup, bc.steps, device)
+    return [_case(kind, name, method, path, batch, ms, peak_mb(path, device), precision)
+            for (path, precision), ms in zip(paths, times)]
+
+
+def _train_paths(bc, name, method, batch, device) -> list[tuple[Any, str]]:
     base = make_model(bc, name)
     train, _ = bench_data(bc, name, batch)
     params = adv_params(bc, base)
-    for precision in bc.precisions:
-        yield OptimizedTrainStep(copy.deepcopy(base), train, batch, method, params, device,
-                                 precision, bc.channels_last, bc.compile), precision
+    paths: list[tuple[Any, str]] = [
+        (OptimizedTrainStep(copy.deepcopy(base), train, batch, method, params, device, precision,
+                            bc.channels_last, bc.compile), precision)
+        for precision in bc.precisions]
     if bc.reference:
-        yield ReferenceTrainStep(copy.deepcopy(base), train, batch, method, params, device), "-"
+        paths.append((ReferenceTrainStep(copy.deepcopy(base), train, batch, method, params,
+                                         device), "-"))
+    return paths
 
 
 def run_bench(bc: TrainBenchConfig) -> dict[str, Any]:
@@ -317,12 +360,13 @@ def run_bench(bc: TrainBenchConfig) -> dict[str, Any]:
     for name in bc.models:
         for batch in bc.batches:
             for method in bc.methods:
-                for path, precision in _train_paths(bc, name, method, batch, device):
-                    ms = _time(path, bc, device)
-                    cases.append(_case("train", name, method, path, batch, ms, device, precision))
+                paths = _train_paths(bc, name, method, batch, device)
+                measured = _measure("train", name, method, batch, paths, bc, device)
+                for case, (path, _) in zip(measured, paths):
                     if bc.profile and path.name == "optimized":
-                        cases[-1]["top_ops"] = top_ops(path, device, bc.profile)
-                    del path
+                        case["top_ops"] = top_ops(path, device, bc.profile)
+                cases += measured
+                del paths
             if bc.evaluation:
                 cases += _eval_cases(bc, name, batch, device)
     return {"device": device_name(device), "cpu": platform.processor() or platform.machine(),
@@ -334,14 +378,12 @@ def run_bench(bc: TrainBenchConfig) -> dict[str, Any]:
 def _eval_cases(bc, name, batch, device) -> list[dict[str, Any]]:
     base = make_model(bc, name)
     _, test = bench_data(bc, name, batch)
-    out = []
+    names = ("optimized", "reference") if bc.reference else ("optimized",)
     with fp32_math():  # evaluation is fp32
-        for path_name in ("optimized", "reference") if bc.reference else ("optimized",):
-            path = EvalBatch(path_name, copy.deepcopy(base), test, min(batch, len(test)),
-                             bc.eval_steps, device)
-            out.append(_case("eval", name, f"pgd{bc.eval_steps}", path, len(path.y),
-                             _time(path, bc, device), device))
-    return out
+        paths = [(EvalBatch(n, copy.deepcopy(base), test, min(batch, len(test)), bc.eval_steps,
+                            device), "-") for n in names]
+        return _measure("eval", name, f"pgd{bc.eval_steps}", len(paths[0][0].y), paths, bc,
+                        device)
 
 
 def top_ops(step, device: torch.device, n: int) -> list[dict[str, Any]]:

@@ -105,3 +105,13 @@ def test_training_step_never_syncs_with_the_host_on_cuda():
         finally:
             torch.cuda.set_sync_debug_mode(0)
         assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters()))
+
+
+def test_round_robin_takes_the_paths_in_turns_after_their_warmup():
+    from dsara.bench_train import round_robin
+
+    calls = []
+    paths = [lambda: calls.append("a"), lambda: calls.append("b")]
+    times = round_robin(paths, warmup=1, steps=3, device=torch.device("cpu"))
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert [len(t) for t in times] == [3, 3] and all(ms >= 0 for t in times for ms in t)
