@@ -101,3 +101,51 @@ def test_a_study_can_sweep_the_weight_method():
     raw["params"]["weight_method"]["choices"] = ["pgd-at", "ladder"]
     with pytest.raises(DsaraError, match="weight_method = 'ladder' is not a valid"):
         definition_from_dict(raw)
+
+
+def test_retrain_params_reach_the_retrain_config_only(tmp_path):
+    from test_study import write_definition
+
+    from dsara.study.definition import load_definition, retrain_config
+
+    retrain = {"epochs": 1, "steps": 1, "device": "cpu", "method": "bang"}
+    params = {"retrain.method": {"type": "categorical", "choices": ["iat", "bang"]},
+              "retrain.method_options.beta": {"type": "float", "low": 0.0, "high": 2.0}}
+    d = load_definition(write_definition(tmp_path, objective__kind="retrain",
+                                         objective__retrain=retrain, params=params))
+    values = {"retrain.method": "bang", "retrain.method_options.beta": 0.5}
+    cfg = retrain_config(d, "a.json", "out", values).resolved()
+    assert cfg.method == "bang" and cfg.method_options["beta"] == 0.5
+    assert retrain_config(d, "a.json", "out", {"retrain.method": "iat"}).method == "iat"
+    assert d.search_config(values, "x").to_dict() == d.search_config({}, "x").to_dict()
+    with pytest.raises(DsaraError, match=r"a retrain\.\* parameter needs \[objective\] kind"):
+        load_definition(write_definition(tmp_path, name="s.toml", params=params))
+
+
+@pytest.mark.slow
+def test_a_study_can_sweep_the_retraining_method(tmp_path):
+    import json
+
+    import optuna
+    from test_study import storage_url, write_definition
+
+    from dsara.study import manage, worker
+
+    retrain = {"epochs": 1, "batch_size": 16, "val_size": 16, "val_steps": 1, "steps": 1,
+               "device": "cpu"}
+    params = {"retrain.method": {"type": "categorical", "choices": ["iat", "bang"]}}
+    path = write_definition(tmp_path, objective__kind="retrain", objective__retrain=retrain,
+                            budget__n_trials=2, params=params)
+    db = storage_url(tmp_path)
+    manage.create("sweep", path, db, tmp_path / "art")
+    assert worker.run_worker("sweep", db, log=lambda s: None).completed == [0, 1]
+    for t in optuna.load_study(study_name="sweep", storage=db).trials:
+        cfg = json.loads((tmp_path / "art" / "sweep" / f"trial-{t.number}" / "retrain" /
+                          "config.json").read_text())
+        assert cfg["method"] == t.params["retrain.method"]
+    bad = write_definition(tmp_path, name="bad.toml", objective__kind="retrain",
+                           objective__retrain=retrain,
+                           params={"retrain.method": {"type": "categorical",
+                                                      "choices": ["iat", "nope"]}})
+    with pytest.raises(DsaraError, match="retrain.method = 'nope': unknown training method"):
+        manage.create("bad", bad, db, tmp_path / "art")

@@ -18,6 +18,9 @@ A definition is a TOML file in `studies/` (usable by name) or anywhere (usable b
     low = 0.01
     high = 1.0
     log = true
+    [params."retrain.method"]     # retrain.FIELD: a field of the retrain objective's config
+    type = "categorical"          # (needs kind = "retrain"), e.g. the training method
+    choices = ["pgd-at", "trades", "iat"]
 
     [objective]
     kind = "retrain"              # supernet (arch-val figures) | retrain (short retrain, held-out)
@@ -59,6 +62,7 @@ SAMPLERS = ("nsgaii", "tpe", "random")
 PRUNERS = ("none", "median")
 PARAM_TYPES = ("float", "int", "categorical")
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(SearchConfig)}
+RETRAIN_PREFIX = "retrain."  # params named retrain.FIELD sweep the retrain objective's config
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,11 @@ class Param:
     def is_config(self) -> bool:
         return self.name.split(".")[0] in CONFIG_FIELDS
 
+    @property
+    def is_retrain(self) -> bool:
+        """``retrain.method`` etc.: a field of the retrain objective's TrainConfig."""
+        return self.name.startswith(RETRAIN_PREFIX)
+
 
 @dataclass
 class StudyDefinition:
@@ -110,6 +119,7 @@ class StudyDefinition:
 
     def search_config(self, values: dict[str, Any], out: str | Path) -> SearchConfig:
         """The base search with swept values applied, writing to `out`."""
+        values = {k: v for k, v in values.items() if not self.params[k].is_retrain}
         config = {k: v for k, v in values.items() if self.params[k].is_config}
         space = {k: v for k, v in values.items() if not self.params[k].is_config}
         raw = apply_overrides(self.search, config, where=self.source)
@@ -238,6 +248,9 @@ def _check_targets(d: StudyDefinition) -> None:
         raise DsaraError(f"{d.source} [search]: {e}") from None
     load_space(base.space, base.space_overrides)
     for name, p in d.params.items():
+        if p.is_retrain:
+            _check_retrain_param(d, name, p)
+            continue
         for value in p.samples():
             try:
                 cfg = d.search_config({name: value}, "probe")
@@ -249,14 +262,33 @@ def _check_targets(d: StudyDefinition) -> None:
                                  f"({e})") from None
 
 
-def retrain_config(d: StudyDefinition, arch: str | Path, out: str | Path):
-    """The TrainConfig of a trial's short retrain: [objective.retrain] over the search's data."""
+def _check_retrain_param(d: StudyDefinition, name: str, p: Param) -> None:
+    """A retrain.FIELD parameter needs the retrain objective, and each sample value must make a
+    valid retrain config (``retrain.method`` = an unknown method fails here, listing them)."""
+    if d.objective != "retrain":
+        raise DsaraError(f"{d.source} [params.{json.dumps(name)}]: a retrain.* parameter needs "
+                         "[objective] kind = \"retrain\"")
+    for value in p.samples():
+        try:
+            retrain_config(d, "architecture.json", "retrain", {name: value}).resolved()
+        except DsaraError as e:
+            raise DsaraError(f"{d.source} [params.{json.dumps(name)}]: {name} = {value!r}: {e}"
+                             ) from None
+
+
+def retrain_config(d: StudyDefinition, arch: str | Path, out: str | Path,
+                   values: dict[str, Any] | None = None):
+    """The TrainConfig of a trial's short retrain: [objective.retrain] over the search's data,
+    with the trial's retrain.* values (e.g. ``retrain.method``) on top."""
     from ..train.loop import config_from_dict
 
     base = {k: d.search[k] for k in ("dataset", "data_root", "synthetic", "seed")
             if k in d.search}
     base["device"] = d.search.get("device", "auto")
-    raw = {**base, **d.retrain, "arch": str(arch), "out": str(out)}
+    swept = {k[len(RETRAIN_PREFIX):]: v for k, v in (values or {}).items()
+             if k.startswith(RETRAIN_PREFIX)}
+    raw = apply_overrides({**base, **d.retrain}, swept, where=f"{d.source} [params]")
+    raw = {**raw, "arch": str(arch), "out": str(out)}
     try:
         cfg = config_from_dict(raw, f"{d.source} [objective.retrain]")
         if cfg.synthetic == {}:

@@ -97,7 +97,7 @@ def _objective(trial, definition: StudyDefinition, artifact_root: str | Path, ru
     trial.set_user_attr("resumed_from_epoch", result.resumed_from or 0)
     metrics = {k: v for k, v in result.final.items() if k not in BULKY}
     if definition.objective == "retrain":
-        metrics |= retrain(definition, run_dir, log)
+        metrics |= retrain(definition, run_dir, log, values)
     else:
         metrics |= {m: result.final[SEARCH_METRIC[m]] for m in SEARCH_METRIC}
     metrics["objective"] = definition.objective
@@ -121,11 +121,13 @@ def prepare_run_dir(run_dir: Path, retry: bool) -> bool:
     return False
 
 
-def retrain(definition: StudyDefinition, run_dir: Path, log) -> dict[str, Any]:
-    """Short adversarial retrain of the searched network; its last epoch's held-out accuracies."""
+def retrain(definition: StudyDefinition, run_dir: Path, log,
+            values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Short adversarial retrain of the searched network (with the trial's retrain.* values, e.g.
+    its training method); its last epoch's held-out accuracies."""
     from ..train import run as train_run
 
-    cfg = retrain_config(definition, run_dir / "architecture.json", run_dir / "retrain")
+    cfg = retrain_config(definition, run_dir / "architecture.json", run_dir / "retrain", values)
     result = train_run(cfg, log=lambda line: log(f"  retrain {line}"))
     last = result.history[-1]
     return {"clean_acc": last["val_clean"], "pgd_acc": last["val_robust"],
