@@ -13,7 +13,8 @@ and lam * g_adv) and the SGD weight step, on the same `Supernet`.
   batches moved to the device every step, `loss.backward()` into every parameter (PGD and the alpha
   step included), the min-norm gamma on Python floats, per-step `.item()` logging, no compile.
 
-Times are per step after `warmup` steps: CUDA events on a GPU, `perf_counter` on a CPU. A step
+Times are per step after `warmup` steps, the paths taken in turns (one step of each per round, so
+load changes on a shared machine hit them alike): CUDA events on a GPU, `perf_counter` on a CPU. A step
 consumes `2 * batch` images (a weight-train and an arch-val batch). A CIFAR-10 search epoch is
 25,000 / batch steps (the weight-train half; the arch-val half is consumed alongside), and the
 projected search is `EPOCHS` epochs split into the stages as the default schedule splits them.
@@ -26,7 +27,8 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,34 +260,9 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
 
 # ----------------------------------------------------------------------------- timing
 
-def time_steps(step: Callable[[int], None], stage: int, warmup: int, steps: int,
-               device: torch.device) -> list[float]:
-    """Milliseconds of each of `steps` steps after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step(stage)
-    if device.type != "cuda":
-        import time
-        out = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            step(stage)
-            out.append(1e3 * (time.perf_counter() - start))
-        return out
-    torch.cuda.synchronize(device)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(steps)]
-    for start, end in events:
-        start.record()
-        step(stage)
-        end.record()
-    torch.cuda.synchronize(device)
-    return [start.elapsed_time(end) for start, end in events]
-
-
-def _case(path, batch: int, k: int, stage: int, ms: list[float], device, bc) -> dict[str, Any]:
+def _case(path, batch: int, k: int, stage: int, ms: list[float], peak, bc) -> dict[str, Any]:
     q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
     median = statistics.median(ms)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)
     return {"path": path.name, "batch": batch, "partial_k": k, "stage": stage,
             "dtype": path.dtype, "layout": path.layout,
             "compile": bc.compile and path.name == "optimized",
@@ -294,16 +271,58 @@ def _case(path, batch: int, k: int, stage: int, ms: list[float], device, bc) -> 
             "images_per_s": 2 * batch / (median / 1e3), "peak_mem_mb": peak}
 
 
-def _bench_path(path, bc: BenchConfig, batch: int, k: int) -> list[dict[str, Any]]:
+def round_robin(paths: list, warmup: int, steps: int, device: torch.device) -> list[list[float]]:
+    """Milliseconds of `steps` steps of every path, taken in turns (one step of each path per
+    round), so that a change of machine load hits every path alike: on a shared machine the
+    ratios stay meaningful where back-to-back blocks of steps would not."""
+    for path in paths:
+        for _ in range(warmup):
+            path()
+    times: list[list[float]] = [[] for _ in paths]
+    for _ in range(steps):
+        for path, out in zip(paths, times):
+            out.append(_one_step_ms(path, device))
+    return times
+
+
+def _one_step_ms(path, device: torch.device) -> float:
+    if device.type != "cuda":
+        start = time.perf_counter()
+        path()
+        return 1e3 * (time.perf_counter() - start)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    path()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end)
+
+
+def peak_mb(path, device: torch.device) -> float | None:
+    """Peak CUDA memory of one more step of `path` alone (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    path()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _bench_paths(paths: list, bc: BenchConfig, batch: int, k: int) -> list[dict[str, Any]]:
+    """Every stage of every path, the paths taken in turns (see `round_robin`)."""
     cases = []
     for stage in bc.stages:
-        if path.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(path.device)
-        ms = time_steps(path, stage, bc.warmup, bc.steps, path.device)
-        cases.append(_case(path, batch, k, stage, ms, path.device, bc))
-    saved = path.saved_bytes() / 2**20
-    for c in cases:
-        c["saved_activations_mb"] = saved
+        steps = [lambda p=p, s=stage: p(s) for p in paths]
+        times = round_robin(steps, bc.warmup, bc.steps, paths[0].device)
+        for path, step, ms in zip(paths, steps, times):
+            cases.append(_case(path, batch, k, stage, ms, peak_mb(step, path.device), bc))
+    for path in paths:
+        saved = path.saved_bytes() / 2**20
+        for c in cases:
+            if c["path"] == path.name and c["dtype"] == path.dtype:
+                c["saved_activations_mb"] = saved
     return cases
 
 
@@ -321,12 +340,11 @@ def run_bench(bc: BenchConfig) -> dict[str, Any]:
                      for p in bc.precisions]
             if bc.reference and k == 1:
                 paths.append(lambda c=cfg: ReferenceStep(c, bc.workers))
-            for make in paths:
-                path = make()
-                cases += _bench_path(path, bc, batch, k)
-                del path
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            built = [make() for make in paths]
+            cases += _bench_paths(built, bc, batch, k)
+            del built
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     space, image_size = SIZES[bc.size]
     return {"device": device_name(device), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "size": bc.size, "space": space,

@@ -28,7 +28,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import pgd
-from .bench import _AugmentedImages, _cycle, device_name
+from .bench import _AugmentedImages, _cycle, device_name, peak_mb, round_robin
 from .data import Loader, SyntheticConfig, load_dataset
 from .device import cpu_has_bf16, fp32_math, resolve_device, use_bf16, use_channels_last
 from .errors import DsaraError
@@ -290,45 +289,6 @@ def _case(kind, model, method, path, batch, ms: list[float], peak, precision="-"
             "dtype": path.dtype, "layout": path.layout, "precision": precision,
             "ms_median": median, "ms_q1": q[0], "ms_q3": q[2], "ms_mean": statistics.fmean(ms),
             "images_per_s": batch / (median / 1e3), "peak_mem_mb": peak}
-
-
-def round_robin(paths: list, warmup: int, steps: int, device: torch.device) -> list[list[float]]:
-    """Milliseconds of `steps` steps of every path, taken in turns (one step of each path per
-    round), so that a change of machine load hits every path alike: on a shared machine the
-    ratios stay meaningful where back-to-back blocks of steps would not."""
-    for path in paths:
-        for _ in range(warmup):
-            path()
-    times: list[list[float]] = [[] for _ in paths]
-    for _ in range(steps):
-        for path, out in zip(paths, times):
-            out.append(_one_step_ms(path, device))
-    return times
-
-
-def _one_step_ms(path, device: torch.device) -> float:
-    if device.type != "cuda":
-        start = time.perf_counter()
-        path()
-        return 1e3 * (time.perf_counter() - start)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    path()
-    end.record()
-    torch.cuda.synchronize(device)
-    return start.elapsed_time(end)
-
-
-def peak_mb(path, device: torch.device) -> float | None:
-    """Peak CUDA memory of one more step of `path` alone (None on a CPU)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    path()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def _measure(kind, name, method, batch, paths: list[tuple[Any, str]], bc, device):
