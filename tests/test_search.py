@@ -273,3 +273,55 @@ def test_second_order_alpha_gradient_under_bf16_matches_fp32(tmp_path, stage):
     bf16, _ = _alpha_direction("bf16", tmp_path, stage, state)
     assert torch.isfinite(bf16).all() and bf16.norm() > 0
     assert F.cosine_similarity(bf16, fp32, dim=0) >= 0.99
+
+
+@pytest.mark.parametrize("written_by", ["now", "before device_type was recorded"])
+def test_resume_on_another_device_type_is_refused_unless_forced(tmp_path, capsys, written_by):
+    cfg = tiny(tmp_path, epochs=2)
+    run_first_epochs(cfg, epochs_done=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    if written_by == "now":
+        state["device_type"] = "cuda"  # as a search on a GPU writes it
+    else:  # an older checkpoint of an `auto` search on a CUDA machine: CUDA RNG states, no type
+        state.pop("device_type", None)
+        state["config"]["device"] = "auto"
+        state["rng"]["cuda"] = [torch.get_rng_state()] * 2
+    torch.save(state, path)
+    code = main(["search", "--resume", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "was searched on cuda and would continue on cpu, which changes precision bf16 -> " \
+           "fp32, channels_last on -> off, the random streams" in err and "--force" in err
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["epoch"] == 1
+    assert main(["search", "--resume", str(tmp_path / "run"), "--device", "cpu", "--force"]) == 0
+    assert "dsara: warning: " in capsys.readouterr().err
+    after = torch.load(path, weights_only=True)
+    assert after["epoch"] == 2 and after["device_type"] == "cpu"
+
+
+def test_rng_restore_touches_only_the_current_gpu(monkeypatch):
+    """An 8-GPU checkpoint on a 1-GPU machine: restoring every GPU's state would fail."""
+    from dsara.search import resume
+
+    calls = []
+
+    def fail_all(*a, **k):
+        raise AssertionError("every GPU's RNG state was restored")
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", fail_all)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", fail_all)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d="cuda": calls.append((s, d)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d="cuda": torch.tensor([7]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cpu = torch.get_rng_state()
+    current = torch.tensor([1, 2, 3], dtype=torch.uint8)
+    state = {"torch": cpu, "cuda": [current.clone() for _ in range(8)], "cuda_current": current}
+    resume.set_rng_state(state, torch.device("cuda", 0))
+    assert len(calls) == 1 and torch.equal(calls[0][0], current)
+    assert calls[0][1] == torch.device("cuda", 0)
+    resume.set_rng_state(state, torch.device("cpu"))  # a CPU search touches no GPU at all
+    assert len(calls) == 1
+    saved = resume.rng_state(torch.device("cuda", 0))
+    assert set(saved) == {"torch", "cuda_current"} and resume.rng_state(torch.device("cpu")).keys() \
+        == {"torch"}

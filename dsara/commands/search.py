@@ -66,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "space key (stages.2.width=1.5); repeatable")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR exactly "
                    "where its last checkpoint left it")
+    p.add_argument("--force", action="store_true", help="with --resume: continue on another "
+                   "device type (cpu vs cuda) than the checkpoint's, although that changes "
+                   "precision=auto, channels_last=auto and the random streams (a warning says "
+                   "which)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
     p.add_argument("--tensorboard", nargs="?", const="", metavar="DIR", help="write TensorBoard "
@@ -101,7 +105,7 @@ def cmd_search(args) -> int:
     scalars = for_run(args.tensorboard, cfg.out, "search")
     try:
         result = run(cfg, callbacks=[scalars] if scalars else (), resume=bool(args.resume),
-                     progress=args.progress)
+                     progress=args.progress, force=args.force)
     finally:
         if scalars:
             scalars.close()

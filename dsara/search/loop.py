@@ -38,10 +38,12 @@ from ..supernet import Supernet, check_partial_k
 from . import distributed
 from .config import SearchConfig
 from .distributed import Dist
+from .resume import check_device, rng_state, set_rng_state
 from .rundir import RunDir
 from .steps import adversarial, arch_step, make_unrolled, weight_step
 
 # Options that may differ between the original run and `--resume` (they do not change results).
+# `device` may move between GPUs; another device type is refused by resume.check_device.
 RESUMABLE_CHANGES = {"device", "compile", "deterministic", "out", "data_root"}
 
 
@@ -178,7 +180,8 @@ class Search:
             "sched": self.sched.state_dict(),
             "epoch": epochs_done,
             "step": 0,  # data position: checkpoints are taken at epoch boundaries
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
+            "device_type": self.device.type,  # a resume on another type is refused (resume.py)
             "config": self.cfg.to_dict(),
             "space": self.space.raw,
             "dsara_version": __version__,
@@ -196,7 +199,7 @@ class Search:
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
         self.sched.load_state_dict(state["sched"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
         return int(state["epoch"])
 
     def architecture(self, epochs_done: int) -> Architecture:
@@ -212,11 +215,13 @@ class Search:
 
 
 def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
-        resume: bool = False, progress: bool | None = None) -> SearchResult:
+        resume: bool = False, progress: bool | None = None, force: bool = False
+        ) -> SearchResult:
     """Run (or, with resume=True, continue) a search; returns the derived architecture and history.
 
     Each callback is called with the epoch's record after its checkpoint is written; an exception
-    it raises (e.g. a pruning signal) stops the search with the checkpoint intact.
+    it raises (e.g. a pruning signal) stops the search with the checkpoint intact. A resume on
+    another device type than the checkpoint's is refused unless `force` (see `resume`).
     """
     rd = RunDir(config.out)
     cfg = resolve_resume(config, rd) if resume else config.validate()
@@ -225,9 +230,13 @@ def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], Non
     with run_lock(rd.path) if distributed.from_env().main else contextlib.nullcontext():
         _check_new(rd, resume)  # again: another search may have started meanwhile
         seed_everything(cfg.seed, cfg.deterministic)
-        dist, device, created = distributed.setup(resolve_device(cfg.device))
+        device = resolve_device(cfg.device)
+        state = rd.load_checkpoint() if resume else None  # on the CPU; copied into place later
+        if state is not None:
+            check_device(state, cfg, device, force, str(rd.path))
+        dist, device, created = distributed.setup(device)
         try:
-            return _run(cfg, rd, Search(cfg, dist, device), callbacks, resume, progress)
+            return _run(cfg, rd, Search(cfg, dist, device), callbacks, state, progress)
         finally:
             distributed.teardown(created)
 
@@ -238,13 +247,12 @@ def _check_new(rd: RunDir, resume: bool) -> None:
                          f"{rd.path} or choose another --out")
 
 
-def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, resume: bool,
+def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, state: dict | None,
          progress: bool | None) -> SearchResult:
     main = search.dist.main  # only rank 0 writes files and logs
     done, resumed_from = 0, None
-    if resume:
-        done = resumed_from = search.load_state(rd.load_checkpoint(search.device),
-                                                str(rd.checkpoint))
+    if state is not None:
+        done = resumed_from = search.load_state(state, str(rd.checkpoint))
         if main:
             rd.truncate(done)
     elif main:
@@ -314,22 +322,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-        state["cuda_current"] = torch.cuda.get_rng_state()  # the one this (rank 0) process drew from
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-        if "cuda_current" in state:  # rank k continues on cuda:k from rank 0's stream
-            torch.cuda.set_rng_state(state["cuda_current"].cpu())
 
 
 @contextlib.contextmanager
