@@ -25,6 +25,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -39,6 +40,7 @@ LOCK_NAME = ".dsara.lock"
 BREAK_LOCK_HELP = ("the run directory's lock is held by a dead process on another host (a shared "
                    "filesystem): take it over; refused if the holder is a live process on this "
                    "host")
+_PASSWORD = re.compile(r"(://[^/:@\s]*:)\S*@")  # user:PASSWORD@ in a URL
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 _held: dict[str, list[int]] = {}  # real path of a run dir -> [fd, depth]: re-entrant per process
@@ -133,10 +135,10 @@ def _release(fd: int) -> None:
 
 
 def holder_record() -> dict:
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "since": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": " ".join(os.path.basename(a) if i == 0 else a
-                                for i, a in enumerate(sys.argv))[:200]}
+            "command": _PASSWORD.sub(r"\1***@", command)[:200]}  # --storage URLs may hold one
 
 
 def _write_holder(fd: int) -> None:

@@ -29,6 +29,7 @@ from ..search import run as search_run
 from ..search.rundir import RunDir
 from . import artifacts
 from .definition import StudyDefinition, retrain_config
+from .retry import best_effort
 
 # bulky per-epoch fields left out of the metrics recorded on the trial (the run dir keeps them)
 BULKY = ("genotype", "genotype_text")
@@ -92,7 +93,8 @@ def _objective(trial, definition: StudyDefinition, artifact_root: str | Path, ru
     resume = prepare_run_dir(run_dir, retry=origin is not None)
     log(f"trial {trial.number}: {'resuming ' + rel if resume else rel}"
         f"{' ' + _fmt(values) if values else ''}")
-    callbacks = [stop_when(taken_over), files.after_epoch, *_pruning_callbacks(trial, definition)]
+    callbacks = [stop_when(taken_over), best_effort(files.after_epoch, log),
+                 *_pruning_callbacks(trial, definition)]
     result = search_run(cfg, callbacks=callbacks, resume=resume, progress=False)
     trial.set_user_attr("resumed_from_epoch", result.resumed_from or 0)
     metrics = {k: v for k, v in result.final.items() if k not in BULKY}

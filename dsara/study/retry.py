@@ -33,7 +33,8 @@ from optuna.storages import RDBStorage
 from ..errors import DsaraError
 from .storage import RETRY_S
 
-__all__ = ["RETRY_S", "DatabaseUnreachable", "RetryingRDBStorage", "no_retry", "orphans"]
+__all__ = ["RETRY_S", "DatabaseUnreachable", "RetryingRDBStorage", "best_effort", "no_retry",
+           "orphans"]
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 10.0  # waits between tries: doubling from first to max
 
 _local = threading.local()  # .depth: calls in progress in this thread; .off: retries disabled
@@ -43,23 +44,27 @@ class DatabaseUnreachable(DsaraError):
     """The database stayed unreachable for the whole retry period."""
 
 
-def is_connection_error(e: BaseException | None) -> bool:
-    """True if `e` (or what caused it: Optuna wraps driver errors) is a lost or refused connection
-    rather than a bad statement."""
+def connection_error(e: BaseException | None) -> BaseException | None:
+    """The lost or refused connection behind `e` (Optuna wraps driver errors), or None if `e` is
+    something else, e.g. a bad statement."""
     import sqlalchemy.exc as sa
 
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, (sa.OperationalError, sa.InterfaceError, ConnectionError)):
-            return True
+            return e
         if isinstance(e, sa.DBAPIError) and e.connection_invalidated:
-            return True
+            return e
         if type(e).__module__.startswith("psycopg") and type(e).__name__ in (
                 "OperationalError", "InterfaceError"):
-            return True
+            return e
         e = e.__cause__ or e.__context__
-    return False
+    return None
+
+
+def is_connection_error(e: BaseException | None) -> bool:
+    return connection_error(e) is not None
 
 
 @contextlib.contextmanager
@@ -71,6 +76,22 @@ def no_retry() -> Iterator[None]:
         yield
     finally:
         _local.off = old
+
+
+def best_effort(callback: Callable[[dict], None], log: Callable[[str], None]
+                ) -> Callable[[dict], None]:
+    """A per-epoch search callback that waits for no database: during an outage its work for the
+    epoch is skipped (the next epoch's replaces it) and the search goes on."""
+    def call(record: dict) -> None:
+        try:
+            with no_retry():
+                callback(record)
+        except Exception as e:
+            if (lost := connection_error(e)) is None:
+                raise
+            log(f"epoch {record['epoch']}: not stored on the trial, the database is unreachable "
+                f"({type(lost).__name__}); the next epoch stores its files again")
+    return call
 
 
 def backoff(attempt: int) -> float:
@@ -94,16 +115,16 @@ class RetryingRDBStorage(RDBStorage):
             try:
                 result = call()
             except Exception as e:
-                if not is_connection_error(e):
+                if (lost := connection_error(e)) is None:
                     raise
                 waited = time.monotonic() - start
                 if waited >= self.retry_s:
                     raise DatabaseUnreachable(
                         f"the study database was unreachable for {waited:.0f} s ({what}: "
-                        f"{self.describe(e)}); start the worker again once it answers (its "
+                        f"{self.describe(lost)}); start the worker again once it answers (its "
                         "running trial is re-queued), or allow longer with --db-retry") from None
                 if attempt == 0:
-                    self.log(f"database unreachable during {what} ({self.describe(e)}); "
+                    self.log(f"database unreachable during {what} ({self.describe(lost)}); "
                              f"retrying for up to {self.retry_s:g} s")
                 time.sleep(min(backoff(attempt), max(self.retry_s - waited, 0.05)))
                 attempt += 1
