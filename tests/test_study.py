@@ -167,9 +167,9 @@ def test_dead_workers_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_path
         with Heartbeat(st, trial._trial_id, 60), pytest.raises(RuntimeError):
             objective.objective(trial, opened.definition, opened.artifact_root, log=lambda s: None)
     assert RunDir(tmp_path / "art" / "rq" / "trial-0").checkpoint.is_file()
-    time.sleep(3.5)  # SQLite's clock has one-second steps: well past the 2 s grace period
+    backdate_heartbeat(st, trial._trial_id, hours=1)  # silent for an hour: it is stale, no wait
 
-    summary = worker.run_worker("rq", db, heartbeat_s=1, grace_s=2, log=lambda s: None)
+    summary = worker.run_worker("rq", db, heartbeat_s=1, grace_s=60, log=lambda s: None)
     assert summary.completed == [1] and not summary.failed
     study = optuna.load_study(study_name="rq", storage=db)
     dead, retry = study.get_trials()
@@ -178,6 +178,18 @@ def test_dead_workers_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_path
     assert retry.user_attrs["resumed_from_epoch"] == 1
     assert retry.params == dead.params
     assert len(RunDir(tmp_path / "art" / "rq" / "trial-0").read_metrics()) == 2
+
+
+def backdate_heartbeat(storage, trial_id: int, hours: float) -> None:
+    """Move a trial's last heartbeat into the past (the database's clock is UTC)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    then = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=hours)
+    with storage.engine.begin() as conn:
+        conn.execute(text("UPDATE trial_heartbeats SET heartbeat = :t WHERE trial_id = :i"),
+                     {"t": then, "i": trial_id})
 
 
 def test_a_trial_taken_over_by_another_worker_is_not_told_twice(tmp_path, monkeypatch):
@@ -317,10 +329,7 @@ def test_heartbeat_notices_a_taken_over_trial_and_the_search_stops(tmp_path):
         time.sleep(0.2)
         assert not beat.taken_over.is_set()  # a live trial keeps beating
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # as a stale-trial check would
-        deadline = time.time() + 5
-        while not beat.taken_over.is_set() and time.time() < deadline:
-            time.sleep(0.05)
-        assert beat.taken_over.is_set()
+        assert beat.taken_over.wait(timeout=60)  # the event, however slow the machine
         with pytest.raises(TakenOver, match="after epoch 3"):
             stop_when(beat.taken_over)({"epoch": 3})
     stop_when(None)({"epoch": 1})  # no event: never stops
