@@ -281,6 +281,8 @@ class AiGanAttack:
         start = time.perf_counter()
         with torch.no_grad():
             x_adv = adversarial(self.G, x.float(), t)
+        if x_adv.is_cuda:
+            torch.cuda.synchronize(x_adv.device)  # kernels run asynchronously: time them all
         self.seconds += time.perf_counter() - start
         with torch.no_grad():
             self.hits += int((model(x_adv).argmax(1) == t).sum())
