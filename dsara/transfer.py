@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attacks import pgd
+from .attacks import check_adversarial, pgd
 from .errors import DsaraError
 from .krylov import project
 
@@ -123,6 +123,7 @@ def transfer_matrix(models: dict[str, nn.Module], images: torch.Tensor, labels: 
             x = images[start:start + batch_size]
             y = labels[start:start + batch_size]
             x_adv = craft(models[source], kind, x, y, eps, config, gen)
+            check_adversarial(x, x_adv, eps, f"transfer-{kind} from {source}")
             with torch.no_grad():
                 for j, target in enumerate(names):
                     hits[j] += int((models[target](x_adv).argmax(1) == y).sum())

@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="dataset (default: the one the first run trained on)")
     p.add_argument("--data-root", help="dataset folder (default: the first run's)")
     add_dataset_options(p)
-    p.add_argument("--limit", type=int, help="only the first N test images (default: all)")
+    p.add_argument("--limit", type=int, help="a class-stratified subset of N test images "
+                   "(default: all)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the --limit subset "
+                   "(default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
@@ -74,11 +77,12 @@ def cmd_transfer_matrix(args) -> int:
                           "model": ckpt.get("model_spec", {}).get("name"),
                           "train_method": ckpt.get("config", {}).get("method")}
         first = ckpt.get("config", {}) if first is None else first
-    test, info = test_split(args, first)
+    test, info, subset = test_split(args, first)
     x = test.images.float().div(255).to(device)
     result = transfer_matrix(models, x, test.labels.to(device), eps, args.attack, config,
                              args.batch_size, args.seed)
-    result |= {"runs": configs, "dataset": info.name, "split": "test", "device": str(device)}
+    result |= {"runs": configs, "dataset": info.name, "split": "test", "subset": subset,
+               "device": str(device)}
     print(matrix_table(result))
     write_json_atomic(args.out / "transfer_matrix.json", json.loads(json.dumps(result)))
     for p in plot_transfer_matrix(result, args.out / "transfer_matrix"):
