@@ -63,6 +63,7 @@ class BenchConfig:
     partial_k: list[int] = field(default_factory=lambda: [1])  # optimized path, each K
     compile: bool = False  # torch.compile the optimized path's supernet
     precisions: list[str] = field(default_factory=lambda: ["auto"])  # optimized path, each
+    profile: int = 0  # > 0: torch.profiler's top N ops of one optimized step per stage
     stages: list[int] = field(default_factory=lambda: [1, 2])
     pgd_steps: int = 7  # reference: 7
     reference: bool = True  # also time the reference path (at partial_k 1)
@@ -310,6 +311,33 @@ def peak_mb(path, device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def top_ops(step, device: torch.device, n: int) -> list[dict[str, Any]]:
+    """The `n` ops with the most self time in one step, from `torch.profiler`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0) / 1e3}
+            for e in events[:n]]
+
+
+def top_ops_lines(cases: list[dict[str, Any]], label) -> list[str]:
+    """Markdown tables of the cases' `top_ops`, each headed by `label(case)`."""
+    lines: list[str] = []
+    for c in cases:
+        if c.get("top_ops"):
+            lines += ["", f"Top ops of one optimized step: {label(c)}", "",
+                      "| op | calls | self ms |", "|---|---|---|"]
+            lines += [f"| `{o['op']}` | {o['calls']} | {o['self_ms']:.1f} |" for o in c["top_ops"]]
+    return lines
+
+
 def _bench_paths(paths: list, bc: BenchConfig, batch: int, k: int) -> list[dict[str, Any]]:
     """Every stage of every path, the paths taken in turns (see `round_robin`)."""
     cases = []
@@ -318,6 +346,8 @@ def _bench_paths(paths: list, bc: BenchConfig, batch: int, k: int) -> list[dict[
         times = round_robin(steps, bc.warmup, bc.steps, paths[0].device)
         for path, step, ms in zip(paths, steps, times):
             cases.append(_case(path, batch, k, stage, ms, peak_mb(step, path.device), bc))
+            if bc.profile and path.name == "optimized":
+                cases[-1]["top_ops"] = top_ops(step, path.device, bc.profile)
     for path in paths:
         saved = path.saved_bytes() / 2**20
         for c in cases:
@@ -416,6 +446,8 @@ def markdown(report: dict[str, Any]) -> str:
                  _fmt(r["optimized_hours"], " h"), _fmt(r["reference_hours"], " h")]
         lines.append(f"| {r['batch']} | {r['partial_k']} | {r['dtype']} | " + " | ".join(cells)
                      + " |")
+    lines += top_ops_lines(report["cases"], lambda c: f"batch {c['batch']} K {c['partial_k']} "
+                           f"stage {c['stage']} {c['dtype']}")
     return "\n".join(lines) + "\n"
 
 
@@ -443,12 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-reference", action="store_true", help="skip the reference path")
     p.add_argument("--workers", type=int, help="reference DataLoader workers (default 2 on "
                    "CUDA, 0 on CPU)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also list torch.profiler's top N ops of one optimized step per stage")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     args = p.parse_args(argv)
     bc = BenchConfig(device=args.device, batches=args.batch or [32, 256], steps=args.steps,
                      warmup=args.warmup, size=args.size, partial_k=args.partial_k or [1],
                      compile=args.compile, precisions=args.precision or ["auto"],
+                     profile=args.profile,
                      stages=args.stage or [1, 2],
                      pgd_steps=args.pgd_steps, reference=not args.no_reference,
                      workers=args.workers)

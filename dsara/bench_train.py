@@ -38,7 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import pgd
-from .bench import _AugmentedImages, _cycle, device_name, peak_mb, round_robin
+from .bench import (
+    _AugmentedImages,
+    _cycle,
+    device_name,
+    peak_mb,
+    round_robin,
+    top_ops,
+    top_ops_lines,
+)
 from .data import Loader, SyntheticConfig, load_dataset
 from .device import cpu_has_bf16, fp32_math, resolve_device, use_bf16, use_channels_last
 from .errors import DsaraError
@@ -346,22 +354,6 @@ def _eval_cases(bc, name, batch, device) -> list[dict[str, Any]]:
                         device)
 
 
-def top_ops(step, device: torch.device, n: int) -> list[dict[str, Any]]:
-    """The `n` ops with the most self time in one step, from `torch.profiler`."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
-                                           else [])
-    with profile(activities=activities) as prof:
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
-    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0) / 1e3}
-            for e in events[:n]]
-
-
 def summarize(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (kind, model, method, batch, optimized precision): speed-up over the reference and
     projected hours (training: the 200-epoch recipe; evaluation: the 10k test split)."""
@@ -402,11 +394,8 @@ def markdown(report: dict[str, Any]) -> str:
         ref = "-" if r["reference_hours"] is None else f"{r['reference_hours']:.2f}"
         lines.append(f"| {r['kind']} | {r['model']} | {r['method']} | {r['batch']} | "
                      f"{r['dtype']} | {su} | {r['optimized_hours']:.2f} | {ref} |")
-    for c in report["cases"]:
-        if c.get("top_ops"):
-            lines += ["", f"Top ops of one optimized step: {c['model']} {c['method']} batch "
-                      f"{c['batch']} {c['dtype']}", "", "| op | calls | self ms |", "|---|---|---|"]
-            lines += [f"| `{o['op']}` | {o['calls']} | {o['self_ms']:.1f} |" for o in c["top_ops"]]
+    lines += top_ops_lines(report["cases"], lambda c: f"{c['model']} {c['method']} batch "
+                           f"{c['batch']} {c['dtype']}")
     lines.append("")
     lines.append(f"Hours: training = {EPOCHS} epochs of {TRAIN_IMAGES:,} images (the reference "
                  f"retraining recipe); evaluation = one PGD-{bc['eval_steps']} pass over "

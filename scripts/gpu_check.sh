@@ -48,7 +48,7 @@ if [ "$dry" = 1 ]; then
   t_search=300 t_compile=300 t_train=300 t_tests=300 t_epoch=300
 else
   device=cuda
-  search_args=(--size proxy --batch 32 --batch 256 --steps 20 --warmup 5)
+  search_args=(--size proxy --batch 32 --batch 256 --steps 20 --warmup 5 --profile 10)
   compile_args=(--size proxy --batch 256 --steps 20 --warmup 5 --compile --no-reference)
   train_args=(--size full --batch 128 --steps 5 --warmup 2 --precision auto --precision fp32
               --profile 10)

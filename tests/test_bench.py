@@ -15,7 +15,7 @@ def test_cpu_smoke_run_reports_both_paths_and_the_ratio(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     code = main(["--device", "cpu", "--size", "small", "--batch", "4", "--steps", "2",
                  "--warmup", "1", "--pgd-steps", "1", "--precision", "auto", "--precision",
-                 "bf16", "--json", str(out), "--markdown", str(md)])
+                 "bf16", "--profile", "4", "--json", str(out), "--markdown", str(md)])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["device"].startswith("CPU") and report["space"] == "tiny"
@@ -32,6 +32,9 @@ def test_cpu_smoke_run_reports_both_paths_and_the_ratio(tmp_path):
         assert row["speedup_stage1"] > 0 and row["speedup_stage2"] > 0
         assert row["optimized_hours"] > 0 and row["reference_hours"] > 0
     assert "| optimized | 4 | 1 | 2 | fp32 |" in md.read_text()
+    top = [c["top_ops"] for c in report["cases"] if "top_ops" in c]
+    assert len(top) == 4 and all(len(t) == 4 for t in top)  # 2 precisions x 2 stages
+    assert "Top ops of one optimized step: batch 4 K 1 stage 2 fp32" in md.read_text()
 
 
 def test_projected_hours_by_hand():
