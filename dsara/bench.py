@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from .data import ImageSet, load_dataset, split_train
 from .device import resolve_device
 from .errors import DsaraError
+from .files import write_text_atomic
 from .search import SearchConfig
 from .search.config import default_stage1
 from .search.loop import Search
@@ -455,6 +456,19 @@ def _fmt(v, unit: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}{unit}"
 
 
+def publish(report: dict[str, Any], script: str, argv: list[str] | None, table: str,
+            json_path: Path | None, md_path: Path | None) -> int:
+    """Record the command line in `report`, write the JSON and markdown files asked for, print the
+    tables: the common end of every benchmark script."""
+    report["command"] = f"python scripts/{script} " + " ".join(argv or sys.argv[1:])
+    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (md_path, table)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, text)
+    print(table, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench_search", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -492,13 +506,4 @@ def main(argv: list[str] | None = None) -> int:
     except DsaraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report["command"] = "python scripts/bench_search.py " + " ".join(argv or sys.argv[1:])
-    table = markdown(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
-    print(table, end="")
-    return 0
+    return publish(report, "bench_search.py", argv, markdown(report), args.json, args.markdown)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -43,6 +42,7 @@ from .bench import (
     _cycle,
     device_name,
     peak_mb,
+    publish,
     round_robin,
     top_ops,
     top_ops_lines,
@@ -442,14 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     except DsaraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report["command"] = "python scripts/bench_train.py " + " ".join(argv or sys.argv[1:])
-    table = markdown(report)
-    for path, text in ((args.json, json.dumps(report, indent=2) + "\n"), (args.markdown, table)):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    print(table, end="")
-    return 0
+    return publish(report, "bench_train.py", argv, markdown(report), args.json, args.markdown)
 
 
 __all__ = ["TrainBenchConfig", "run_bench", "main", "OptimizedTrainStep", "ReferenceTrainStep",

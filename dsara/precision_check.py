@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .bench import publish
 from .errors import DsaraError
 from .search import SearchConfig, run
 
@@ -119,11 +120,4 @@ def main(argv: list[str] | None = None) -> int:
     except DsaraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report["command"] = "python scripts/precision_check.py " + " ".join(argv or sys.argv[1:])
-    table = markdown(report)
-    for path, text in ((args.json, json.dumps(report, indent=2) + "\n"), (args.markdown, table)):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    print(table, end="")
-    return 0
+    return publish(report, "precision_check.py", argv, markdown(report), args.json, args.markdown)
