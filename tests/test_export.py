@@ -208,6 +208,14 @@ def _arch_dict(model):
     return dsara.Architecture(arch.genotype, model.macro).to_dict()
 
 
+def test_robustbench_refuses_what_model_py_cannot_rebuild():
+    from dsara.export.robustbench import layout
+
+    source = Source(Path("run"), {"kind": "compressed", "name": "c"}, build_baseline("resnet_tiny"))
+    with pytest.raises(DsaraError, match="holds a compressed network.*torch-export or onnx"):
+        layout(source, "w.pt")
+
+
 def test_check_matches_refuses_an_unfaithful_export(runs):
     source = load_source(runs["cells"])
     options = ExportOptions()

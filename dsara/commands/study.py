@@ -202,7 +202,7 @@ def cmd_export(args) -> int:
 
 def cmd_delete(args) -> int:
     runs = manage.delete(args.name, args.storage)
-    kept = f"; its run directories stay in {runs}" if runs else ""
+    kept = f"; its run directories and artifacts stay in {runs}" if runs else ""
     print(f"deleted study {args.name!r} from {mask_url(resolve_url(args.storage))}{kept}")
     return 0
 

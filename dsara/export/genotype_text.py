@@ -33,8 +33,8 @@ def export_genotype(source: Source, out: Path, options: ExportOptions) -> list[P
     if arch is None:
         from ..errors import DsaraError
 
-        raise DsaraError(f"{source.run_dir} holds a baseline ({source.name}), which has no "
-                         "genotype; export a cell network")
+        raise DsaraError(f"{source.run_dir} holds a {source.spec.get('kind', 'non-cell')} "
+                         f"network ({source.name}), which has no genotype; export a cell network")
     types = ", ".join(arch.genotype.cells)
     text = (f"# {arch.name or source.name}: cell types {types}; {arch.macro.nodes} nodes per cell\n"
             f"# namedtuple Genotype fields: "

@@ -43,6 +43,11 @@ AUX = "auxiliary_head."  # state-dict prefix of the training-only auxiliary head
 
 def layout(source: Source, weights: str) -> dict[str, Any]:
     """What `standalone.build` needs to rebuild the network."""
+    kind = source.spec.get("kind")
+    if kind not in ("architecture", "baseline"):
+        raise DsaraError(f"{source.run_dir} holds a {kind or 'unknown'} network; RobustBench's "
+                         "model.py rebuilds cell networks and baselines only: export it with "
+                         "--format torch-export or onnx")
     if source.architecture is not None:
         macro, genotype = source.architecture.macro, source.architecture.genotype
         net = {"kind": "cells", "genotype": genotype.to_dict(), "normalize": macro.normalize,

@@ -125,14 +125,17 @@ def open_study(name: str, storage: str | None = None, st=None, *, sampler=None,
     return Opened(study, definition, root)
 
 
-def delete(name: str, storage: str | None = None) -> Path | None:
-    """Delete the study from the storage; its run directories stay (returned, if known)."""
+def delete(name: str, storage: str | None = None) -> str | None:
+    """Delete the study from the storage; its run directories and artifacts stay (where, if
+    known: a folder, or the s3:// URL of the artifact store)."""
     import optuna
 
     opened = open_study(name, storage)
     root = opened.study.user_attrs.get("artifact_root")
     optuna.delete_study(study_name=name, storage=opened.study._storage)
-    return Path(root) / name if root else None
+    if not root:
+        return None
+    return root if is_s3(root) else str(Path(root) / name)
 
 
 def select_trial(study, number: int | None = None, pick: str = "balanced"):
