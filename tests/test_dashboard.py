@@ -40,3 +40,11 @@ def test_the_dashboard_lists_a_dsara_study_and_its_trials_files(tmp_path):
             run_dir = tmp_path / "art" / "dash" / f"trial-{trial['number']}"
             assert body == (run_dir / "architecture.json").read_bytes()
             assert {p["name"] for p in trial["params"]} == {"lam", "stages.2.width"}
+
+    # `dsara study dashboard` serves the same study with its own artifact store: no flags needed
+    with dashboard.serve(db, study="dash") as base:
+        trial = dashboard.get_json(f"{base}/api/studies/{summary['study_id']}?after=0")["trials"][1]
+        ckpt = next(a for a in trial["artifacts"] if a["filename"] == "checkpoint.pt")
+        body = dashboard.get(f"{base}/artifacts/{summary['study_id']}/{trial['trial_id']}/"
+                             f"{ckpt['artifact_id']}")
+        assert body == (tmp_path / "art" / "dash" / "trial-1" / "checkpoint.pt").read_bytes()

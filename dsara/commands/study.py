@@ -76,6 +76,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     _add(cmds, "delete", "delete a study from the storage (run directories stay)", cmd_delete)
 
+    d = _add(cmds, "dashboard", "serve optuna-dashboard on the study, with its artifact store "
+             "(a folder or S3: each trial's files can be downloaded)", cmd_dashboard)
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "127.0.0.1: this machine only)")
+    d.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    d.add_argument("--artifact-root", metavar="DIR", help="where this machine sees the study's "
+                   "artifact root, if mounted elsewhere (default: as recorded on the study)")
+
     t = _add(cmds, "report", "the trials table and the Pareto front, as CSV or markdown",
              cmd_report)
     t.add_argument("--format", choices=report.FORMATS, default="md",
@@ -197,6 +205,14 @@ def cmd_export(args) -> int:
                                 args.trial, args.pick)
     values = ", ".join(f"{v:.4f}" for v in trial.values or [])
     print(f"trial {trial.number} ({values}) -> {path}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from ..study.dashboard import run
+
+    run(args.name, args.storage, args.host, args.port, args.artifact_root,
+        log=lambda line: print(line, flush=True))
     return 0
 
 

@@ -6,14 +6,16 @@ artifacts, `dsara.study.artifacts`)::
 
     optuna-dashboard sqlite:///dsara.db --artifact-dir runs/studies/NAME/artifacts
 
-`serve` does the same from Python (the tests and ``scripts/dashboard_screenshot.py`` use it): it
-runs the `optuna-dashboard` command on a loopback port and returns once ``/api/meta`` answers.
+``dsara study dashboard NAME`` (`run`) serves it with the study's own artifact store, S3 included.
+`serve` starts either from Python (the tests and ``scripts/dashboard_screenshot.py`` use it) on a
+loopback port and returns once ``/api/meta`` answers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -55,16 +57,43 @@ def get_json(url: str) -> Any:
     return json.loads(get(url))
 
 
+def run(name: str, storage: str | None = None, host: str = "127.0.0.1", port: int = 8080,
+        artifact_root: str | Path | None = None, log=print) -> None:
+    """Serve optuna-dashboard on study `name` with the study's artifact store (a folder or S3,
+    which the plain ``optuna-dashboard --artifact-dir`` cannot reach); blocks until Ctrl-C."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise DsaraError(f"dsara study dashboard needs optuna-dashboard: {INSTALL}") from None
+    from .artifacts import store_for
+    from .manage import open_study
+
+    opened = open_study(name, storage, artifact_root=artifact_root)
+    store = store_for(opened.study, opened.artifact_root)
+    log(f"optuna-dashboard of study {name!r}: http://{host}:{port}/dashboard/studies/"
+        f"{opened.study._study_id} (Ctrl-C stops it)")
+    optuna_dashboard.run_server(opened.study._storage, host=host, port=port, artifact_store=store)
+
+
 @contextlib.contextmanager
 def serve(storage_url: str, artifact_dir: str | Path | None = None, host: str = "127.0.0.1",
-          port: int | None = None, wait_s: float = 120) -> Iterator[str]:
-    """Run optuna-dashboard on `storage_url`; yields its base URL once its API answers."""
+          port: int | None = None, wait_s: float = 120,
+          study: str | None = None) -> Iterator[str]:
+    """Run optuna-dashboard on `storage_url` (with `study`: through ``dsara study dashboard``);
+    yields its base URL once its API answers."""
     port = port or free_port(host)
-    args = [command(), storage_url, "--host", host, "--port", str(port), "--quiet"]
-    if artifact_dir is not None:
-        args += ["--artifact-dir", str(artifact_dir)]
+    if study is None:
+        args = [command(), storage_url, "--host", host, "--port", str(port), "--quiet"]
+        if artifact_dir is not None:
+            args += ["--artifact-dir", str(artifact_dir)]
+    else:
+        args = [sys.executable, "-m", "dsara", "study", "dashboard", study, "--storage",
+                storage_url, "--host", host, "--port", str(port)]
+    here = str(Path(__file__).resolve().parents[2])  # this dsara, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks on it
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
     base = f"http://{host}:{port}"
     try:
         _wait_until_up(proc, base, wait_s, log)
