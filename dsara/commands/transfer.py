@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
+    p.add_argument("--title", help="heat-map title (default: attack, eps and n)")
     p.add_argument("--out", type=Path, default=Path("transfer"), help="output directory "
                    "(default ./transfer)")
     p.set_defaults(func=cmd_transfer_matrix)
@@ -85,7 +86,7 @@ def cmd_transfer_matrix(args) -> int:
                "device": str(device)}
     print(matrix_table(result))
     write_json_atomic(args.out / "transfer_matrix.json", json.loads(json.dumps(result)))
-    for p in plot_transfer_matrix(result, args.out / "transfer_matrix"):
+    for p in plot_transfer_matrix(result, args.out / "transfer_matrix", title=args.title):
         print(p)
     print(args.out / "transfer_matrix.json")
     return 0
