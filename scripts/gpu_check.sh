@@ -11,7 +11,8 @@
 #   1. the device (nvidia-smi, torch, CUDA)
 #   2. search-step benchmark at the reference proxy, batch 32 and 256, optimized vs reference
 #   3. the same with torch.compile (optimized path only)
-#   4. training-step benchmark (ARNAS C=36 / 20 cells and ResNet-18, PGD-AT and TRADES, bf16
+#   4. training-step benchmark (ARNAS C=36 / 20 cells and ResNet-18, PGD-AT and TRADES with
+#      PGD-7 as the arnas recipe, batch 32 and 128, bf16
 #      and fp32 against the reference path) and one PGD-20 evaluation batch
 #   5. the GPU-only tests (pytest -m gpu: no host sync in the search and training steps)
 #   6. a 1-epoch search of the dsara proxy on the CIFAR-10 copy (--data: the folder with
@@ -50,9 +51,9 @@ else
   device=cuda
   search_args=(--size proxy --batch 32 --batch 256 --steps 20 --warmup 5 --profile 10)
   compile_args=(--size proxy --batch 256 --steps 20 --warmup 5 --compile --no-reference)
-  train_args=(--size full --batch 128 --steps 5 --warmup 2 --precision auto --precision fp32
+  train_args=(--size full --batch 32 --batch 128 --pgd-steps 7 --steps 5 --warmup 2 --precision auto --precision fp32
               --profile 10)
-  t_search=150 t_compile=120 t_train=150 t_tests=60 t_epoch=120
+  t_search=120 t_compile=90 t_train=150 t_tests=45 t_epoch=75  # 480 s at most, ~8 min
 fi
 
 step() {  # step NAME TIMEOUT CMD...: run, log, record the outcome
