@@ -284,9 +284,10 @@ def _sanity(model, x, y, eps, batch_size, seed, large_eps, near_zero) -> list[Sa
     acc = partial(_accuracy, model, x, y, batch_size=batch_size, seed=seed)
     clean = acc(_clean)
     # a non-zero step at eps 0: only the projection keeps x_adv = x, and this check tests it
-    at_zero = acc(_pgd_at(0.0, 20, eps / 4))
+    probe = eps / 4 or 2 / 255
+    at_zero = acc(_pgd_at(0.0, 20, probe))
     eps_grid = [0.0, eps / 4, eps / 2, eps, 2 * eps]
-    by_eps = [acc(_pgd_at(e, 20, (e or eps) / 4)) for e in eps_grid]
+    by_eps = [acc(_pgd_at(e, 20, e / 4 or probe)) for e in eps_grid]
     step_grid = [1, 5, 20]
     by_steps = [acc(_pgd_at(eps, s, max(eps / 4, 2.5 * eps / s))) for s in step_grid]
     large = acc(_pgd_at(large_eps, 20, large_eps / 8))

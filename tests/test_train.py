@@ -427,6 +427,26 @@ def test_values_of_the_wrong_type_or_range_are_one_line(key, value, message):
         config_from_dict({"arch": "resnet18", "out": "x", key: value}).resolved()
 
 
+@pytest.mark.parametrize("method, resumes", [("pgd-at", True), ("trades", False)])
+def test_a_run_from_before_the_attack_settings(tmp_path, method, resumes):
+    """A config saved before craft_mode / attack_start existed resumes when those settings did not
+    change its attack (pgd-at: train mode, uniform start), and is refused where they did (trades
+    now starts at x + 0.001 N(0, 1))."""
+    cfg = tiny_config(tmp_path, method=method, epochs=2)
+    run(cfg, max_epochs=1, log=lambda s: None)
+    path = tmp_path / "run" / "last.pt"
+    ckpt = load_checkpoint(path)
+    for key in ("recipe", "craft_mode", "attack_start", "start_std", "aux_input", "cutout",
+                "crop_pad"):
+        del ckpt["config"][key]
+    torch.save(ckpt, path)
+    if resumes:
+        assert run(cfg, log=lambda s: None).epochs_done == 2
+    else:
+        with pytest.raises(DsaraError, match=r"differs in: attack_start\)"):
+            run(cfg, log=lambda s: None)
+
+
 def test_resume_with_another_architecture_or_config_is_refused(tmp_path):
     run(tiny_config(tmp_path, epochs=1), log=lambda s: None)
     with pytest.raises(DsaraError, match="holds a run of architecture 'resnet_tiny', not 'wrn_tiny'"):

@@ -361,12 +361,18 @@ def _restore(ckpt: dict[str, Any] | None, model, optimizer, scheduler) -> dict[s
     return {k: ckpt[k] for k in fresh}
 
 
+def _legacy_attack(saved: dict[str, Any]) -> dict[str, str]:
+    """How a run saved before craft_mode / attack_start existed crafted its attacks."""
+    mode = "eval" if saved.get("method") in ("trades", "mart") else "train"
+    return {"craft_mode": mode, "attack_start": "uniform"}
+
+
 def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
     now = cfg.to_dict()
     ignore = {"out", "device", "data_root"}  # a moved dataset does not block a resume
     # a run written before a field existed ran with that field's legacy value; the device is
     # ignored, but a device-type change shows up as a change of the resolved precision / layout
-    saved = {**_LEGACY, **saved}
+    saved = {**_LEGACY, **_legacy_attack(saved), **saved}
     # other fields newer than the saved run compare as their defaults
     default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     diff = sorted(k for k in now if k not in ignore and saved.get(k, default[k]) != now[k])
