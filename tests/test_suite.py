@@ -140,6 +140,7 @@ def test_transfer_matrix_command_and_report(runs, tmp_path, capsys):
                  "--out", str(out)]) == 0
     result = json.loads((out / "transfer_matrix.json").read_text())
     assert result["models"] == ["A", "<b>"] and len(result["accuracy"]) == 2
+    assert result["n"] == 16 and result["subset"]["selection"] == "class-stratified"
     assert all(0 <= v <= 1 for row in result["accuracy"] for v in row)
     assert (out / "transfer_matrix.png").stat().st_size > 1000
     assert "rows crafted on" in capsys.readouterr().out
