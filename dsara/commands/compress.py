@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", dest="n_images", type=int, default=1000, metavar="N",
                    help="gdws: training images whose PGD examples give the error weights alpha "
                    "(default 1000, as the authors)")
-    p.add_argument("--recipe", dest="finetune_recipe", default="lowrank-ft",
+    p.add_argument("--recipe", dest="finetune_recipe", default="lowrank-ft", metavar="NAME",
                    help="lowrank: named training recipe of the fine-tune (default lowrank-ft)")
     p.add_argument("--finetune-epochs", type=int, metavar="N", help="lowrank: fine-tune epochs "
                    "(default: the recipe's; 0 = none)")
@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "before/after accuracy (default: the whole held-out validation split)")
     p.add_argument("--no-bench", dest="bench", action="store_false",
                    help="skip the throughput measurement")
-    p.add_argument("--bench-repeats", type=int, default=5, help="timed repeats per network "
+    p.add_argument("--bench-repeats", type=int, default=5, metavar="N",
+                   help="timed repeats per network "
                    "and batch (default 5; median reported)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the alpha images and attacks")
