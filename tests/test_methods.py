@@ -361,6 +361,13 @@ def test_ladder_fine_tunes_the_teacher_and_caches_its_set(tmp_path, teacher, mon
     logs.clear()
     run(cfg, log=logs.append)
     assert not any("ladder: generated" in line for line in logs)  # read back, not rebuilt
+    # fine-tuning starts from the teacher: at a vanishing learning rate the weights stay its own
+    still = tiny_config(tmp_path / "still", method="ladder", teacher=teacher, epochs=1, lr=1e-12,
+                        method_options=LADDER_FAST)
+    run(still, log=lambda s: None)
+    tuned = load_checkpoint(tmp_path / "still" / "last.pt")["model"]
+    assert all(torch.allclose(tuned[k], v, atol=1e-7) for k, v in best.items()
+               if v.is_floating_point() and "running" not in k)
 
 
 # ----------------------------------------------------------------------------- every method

@@ -63,7 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=dest, action="store_true", default=S, help=text)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (lam=0.2, synthetic.n_train=512) or a search "
-                   "space key (stages.2.width=1.5); repeatable")
+                   "space key (stages.2.width=1.5); repeatable. weight_method=NAME trains the "
+                   "supernet's weights with another training method of dsara train (default "
+                   "pgd-at, the authors'; not mart-ss or ladder), weight_method_options.KEY=VALUE "
+                   "its constants, weight_beta the TRADES/MART beta (default 6)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR exactly "
                    "where its last checkpoint left it")
     p.add_argument("--force", action="store_true", help="with --resume: continue on another "

@@ -205,9 +205,9 @@ def setup(cfg, model, fit: ImageSet, val: ImageSet, test: ImageSet, epochs_done:
                          "train run of the same architecture")
     if cfg.unlabeled:
         raise DsaraError("ladder takes no --unlabeled images (that is mart-ss)")
-    if epochs_done == 0:
-        ckpt, _ = read_teacher(cfg.teacher, cfg, "ladder")
-        check_same_model(model, ckpt["model"], f"ladder teacher {cfg.teacher}")
+    ckpt, teacher = read_teacher(cfg.teacher, cfg, "ladder")
+    check_same_model(model, ckpt["model"], f"ladder teacher {cfg.teacher}")
+    if epochs_done == 0:  # a resumed run already holds its fine-tuned weights
         model.load_state_dict(ckpt["model"])
     path = Path(cfg.out) / "ladder_set.pt"
     record = {"options": dataclasses.asdict(o), "teacher": str(cfg.teacher), "seed": cfg.seed}
@@ -215,8 +215,9 @@ def setup(cfg, model, fit: ImageSet, val: ImageSet, test: ImageSet, epochs_done:
     if cached is not None and cached.get("record") == record:
         generated = ImageSet(cached["images"], cached["labels"])
     else:
-        num_classes = model.classifier.out_features
-        generated = build_set(model, fit, num_classes, o, cfg.seed, cfg.device)
+        # the teacher's latent space, also when a resumed run lost its cache
+        generated = build_set(teacher, fit, model.classifier.out_features, o, cfg.seed,
+                              cfg.device)
         atomic_write(path, lambda fh: torch.save({"record": record, "images": generated.images,
                                                   "labels": generated.labels}, fh))
         log(f"ladder: generated {len(generated)} images, cached in {path}")

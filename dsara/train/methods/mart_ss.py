@@ -117,7 +117,8 @@ def setup(cfg, model, fit: ImageSet, val: ImageSet, test: ImageSet, epochs_done:
     pseudo = ImageSet(pool[keep], labels[keep])
     summary = {"pool": len(pool) + dropped, "dropped_test_or_val_duplicates": dropped,
                "dropped_low_confidence": int((~keep).sum()), "pseudo_labelled": len(pseudo),
-               "per_class": torch.bincount(pseudo.labels, minlength=int(labels.max()) + 1).tolist()}
+               "per_class": torch.bincount(pseudo.labels,
+                                           minlength=int(fit.labels.max()) + 1).tolist()}
     write_json_atomic(Path(cfg.out) / "pseudo_labels.json", summary)
     log(f"mart-ss: {len(pseudo)} pseudo-labelled images ({dropped} test/validation duplicates "
         "dropped)")
