@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training methods of dsara/train/methods on one architecture, CIFAR-10 at a CPU size: each run
 # trains resnet_tiny on 2,000 training images (500 more held out for model selection) for 4
-# epochs, then `dsara evaluate` measures clean and PGD-20 accuracy on the first 1,000 test images.
+# epochs, then `dsara evaluate` measures clean and PGD-20 accuracy on the first 500 test images.
 # docs/methods.md shows what it printed. A run this small ranks nothing (see there).
 #
 #   OMP_NUM_THREADS=1 bash scripts/methods_cifar10_cpu.sh DATA_ROOT [OUT]
@@ -36,7 +36,7 @@ train ladder --method ladder --teacher "$OUT/pgd-at" --epochs 2 --lr 0.01 \
   --set method_options.decoder_epochs=5 --set method_options.svm_epochs=5
 
 for run in pgd-at iat iat-manifold bang jsigr so-at plain mart-ss ladder; do
-  python -m dsara evaluate "$OUT/$run" --attacks clean,pgd20 --eps 8/255 --limit 1000 \
+  python -m dsara evaluate "$OUT/$run" --attacks clean,pgd20 --eps 8/255 --limit 500 \
     --device cpu > "$OUT/$run/evaluate.txt"
 done
 python - "$OUT" <<'PY'
