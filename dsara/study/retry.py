@@ -36,6 +36,7 @@ from .storage import RETRY_S
 __all__ = ["RETRY_S", "DatabaseUnreachable", "RetryingRDBStorage", "best_effort", "no_retry",
            "orphans"]
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 10.0  # waits between tries: doubling from first to max
+NOT_RETRIED = ("sqlite",)  # dialects without a server to lose: their errors are not outages
 
 _local = threading.local()  # .depth: calls in progress in this thread; .off: retries disabled
 
@@ -95,7 +96,7 @@ def best_effort(callback: Callable[[dict], None], log: Callable[[str], None]
 
 
 def backoff(attempt: int) -> float:
-    return min(BACKOFF_FIRST_S * 2 ** attempt, BACKOFF_MAX_S)
+    return min(BACKOFF_FIRST_S * 2 ** attempt, BACKOFF_MAX_S)  # module globals: tests shorten them
 
 
 class RetryingRDBStorage(RDBStorage):
@@ -108,7 +109,7 @@ class RetryingRDBStorage(RDBStorage):
     def retry(self, call: Callable[[], Any], what: str) -> Any:
         """`call()`, tried again on connection errors for up to `retry_s` seconds."""
         if self.retry_s <= 0 or getattr(_local, "off", False) or \
-                self.engine.dialect.name == "sqlite":
+                self.engine.dialect.name in NOT_RETRIED:
             return call()
         start, attempt = time.monotonic(), 0
         while True:
@@ -176,12 +177,10 @@ RETRIED = (
 
 
 def _retried(name: str):
-    method = getattr(RDBStorage, name)
-
-    def wrapper(self, *args, **kwargs):
-        return self._outer(lambda: method(self, *args, **kwargs), name)
+    def wrapper(self, *args, **kwargs):  # RDBStorage's method, looked up at each call
+        return self._outer(lambda: getattr(RDBStorage, name)(self, *args, **kwargs), name)
     wrapper.__name__ = wrapper.__qualname__ = name
-    wrapper.__doc__ = method.__doc__
+    wrapper.__doc__ = getattr(RDBStorage, name).__doc__
     return wrapper
 
 
