@@ -157,12 +157,14 @@ def evaluate_unit(exp: Experiment, train_dir: Path, out: Path, data_root: str | 
     if ev.autoattack_n:
         aa_set, aa_record = eval_subset(subset, ev.autoattack_n, ev.seed + 1)
         out_d["autoattack_subset"] = aa_record  # positions within the subset above
-        aa = evaluate(model, aa_set, ["autoattack"], eps, batch_size=ev.batch_size,
+        aa = evaluate(model, aa_set, ["clean", "autoattack"], eps, batch_size=ev.batch_size,
                       device=device, seed=ev.seed)
         out_d["accuracy"]["autoattack"] = aa.accuracy["autoattack"]
         out_d["seconds"]["autoattack"] = aa.seconds["autoattack"]
         out_d["autoattack_n"] = aa.n
-        log(f"  AutoAttack on {aa.n} images: {100 * aa.accuracy['autoattack']:.1f}%")
+        out_d["autoattack_subset_clean"] = aa.accuracy["clean"]  # AutoAttack's own baseline
+        log(f"  AutoAttack on {aa.n} images: {100 * aa.accuracy['autoattack']:.1f}% (clean on "
+            f"them {100 * aa.accuracy['clean']:.1f}%)")
     out_d["wall_s"] = time.perf_counter() - t0
     if not all(math.isfinite(v) for v in out_d["accuracy"].values()):
         raise RuntimeError(f"non-finite accuracy in {out_d['accuracy']}")
