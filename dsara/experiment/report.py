@@ -113,10 +113,15 @@ def diagnostics_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def units_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     metrics = metrics_present(rows)
-    return pd.DataFrame([{"unit": r["unit"], **{f"{METRICS[m]} %": round(100 * r["accuracy"][m], 2)
-                                                for m in metrics if m in r["accuracy"]},
-                          "params": r["params"], "hours": round(sum(r["seconds"].values()) / 3600,
-                                                                3)} for r in rows])
+    table = []
+    for r in rows:
+        row = {"unit": r["unit"], **{f"{METRICS[m]} %": round(100 * r["accuracy"][m], 2)
+                                     for m in metrics if m in r["accuracy"]}}
+        if r.get("autoattack_subset_clean") is not None:  # AutoAttack's own clean baseline
+            row["clean % (AutoAttack subset)"] = round(100 * r["autoattack_subset_clean"], 2)
+        row |= {"params": r["params"], "hours": round(sum(r["seconds"].values()) / 3600, 3)}
+        table.append(row)
+    return pd.DataFrame(table)
 
 
 def report_markdown(name: str, exp, rows: list[dict[str, Any]], states: dict[str, str]) -> str:
