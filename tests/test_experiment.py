@@ -93,7 +93,7 @@ def test_table_and_searched_minus_best_random_by_hand():
     table = source_table(rows, ["dsara", "random"]).set_index("source")
     assert table.loc["dsara", "clean %"] == "55.0 ± 7.1"  # mean 0.55, sample std 0.0707
     assert table.loc["dsara", "PGD-20 %"] == "25.0 ± 7.1"
-    assert table.loc["random", "runs"] == 2 and table.loc["dsara", "CPU h / run"] == "1.000 ± 0.000"
+    assert table.loc["random", "runs"] == 2 and table.loc["dsara", "CPU wall h / run"] == "1.000 ± 0.000"
     vs = versus_random(rows).set_index("source")
     # best random: clean 0.55, PGD 0.25 -> dsara deltas clean (-5, +5), PGD (+5, -5)
     assert vs.loc["dsara", "Δ clean (pp)"] == "0.0 ± 7.1"

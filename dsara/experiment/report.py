@@ -49,7 +49,7 @@ def metrics_present(rows: list[dict[str, Any]]) -> list[str]:
 def _hours_label(rows: list[dict[str, Any]]) -> str:
     devices = {r["device"].split(":")[0] for r in rows}
     return ("GPU" if devices == {"cuda"} else "CPU" if devices == {"cpu"} else "device") + \
-        " h / run"
+        " wall h / run"  # the phases' wall time: on a shared machine an upper bound
 
 
 def source_table(rows: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
@@ -100,7 +100,7 @@ def diagnostics_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
         kinds = list(d["alpha_shift"])
         table.append({
             "unit": r["unit"],
-            "max |Δα|": " / ".join(f"{d['alpha_shift'][t]:.3g}" for t in kinds),
+            "max abs Δα": " / ".join(f"{d['alpha_shift'][t]:.3g}" for t in kinds),
             "softmax on param-free ops": " / ".join(f"{d['free_weight'][t]:.3f}" for t in kinds)
             + f" (uniform {d['uniform_free_weight']:.3f})",
             "param-free kept edges": " / ".join(str((d.get("param_free") or {}).get(t, ""))
@@ -119,7 +119,7 @@ def units_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
                                      for m in metrics if m in r["accuracy"]}}
         if r.get("autoattack_subset_clean") is not None:  # AutoAttack's own clean baseline
             row["clean % (AutoAttack subset)"] = round(100 * r["autoattack_subset_clean"], 2)
-        row |= {"params": r["params"], "hours": round(sum(r["seconds"].values()) / 3600, 3)}
+        row |= {"params": r["params"], "wall h": round(sum(r["seconds"].values()) / 3600, 3)}
         table.append(row)
     return pd.DataFrame(table)
 
