@@ -68,7 +68,8 @@ FRESH_PYTHON = textwrap.dedent("""
             if name == "dsara" or name.startswith("dsara."):
                 raise ImportError("dsara is blocked in this process")
     sys.meta_path.insert(0, NoDsara())
-    sys.path = [p for p in sys.path if p and not p.startswith(ROOT)]
+    # the checkout leaves the path; a virtual environment inside it (CI's .ci-venv) stays
+    sys.path = [p for p in sys.path if p and (not p.startswith(ROOT) or p.startswith(sys.prefix))]
     import numpy as np, onnxruntime, torch
     x = {n: torch.load(f"{n}.x.pt", weights_only=True) for n in ("b1", "b5")}
     out = {}
