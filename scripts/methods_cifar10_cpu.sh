@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training methods of dsara/train/methods on one architecture, CIFAR-10 at a CPU size: each run
 # trains resnet_tiny on 2,000 training images (500 more held out for model selection) for 4
-# epochs, then `dsara evaluate` measures clean and PGD-20 accuracy on the first 500 test images.
+# epochs, then `dsara evaluate` measures clean and PGD-20 accuracy on a seeded, class-stratified subset of 500 test images.
 # docs/methods.md shows what it printed. A run this small ranks nothing (see there).
 #
 #   OMP_NUM_THREADS=1 bash scripts/methods_cifar10_cpu.sh DATA_ROOT [OUT]
