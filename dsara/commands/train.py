@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from ..config import apply_overrides, read_toml
+from ..errors import Interrupted
 from ..lock import BREAK_LOCK_HELP, break_lock
 from ..tensorboard import for_run
 from ..train.loop import METHODS, config_from_dict, run
@@ -146,6 +148,9 @@ def cmd_train(args) -> int:
     scalars = for_run(args.tensorboard, cfg.out, "train")
     try:
         result = run(cfg, max_epochs=args.max_epochs, on_epoch=scalars)
+    except Interrupted as e:
+        raise Interrupted(f"{e}: {shlex.join(['dsara', *getattr(args, 'argv', ['train'])])}"
+                          ) from None
     finally:
         if scalars:
             scalars.close()

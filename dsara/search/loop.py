@@ -231,7 +231,9 @@ def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], Non
         _check_new(rd, resume)  # again: another search may have started meanwhile
         seed_everything(cfg.seed, cfg.deterministic)
         device = resolve_device(cfg.device)
-        state = rd.load_checkpoint() if resume else None  # on the CPU; copied into place later
+        # on the CPU, copied into place later; a run stopped before its first checkpoint
+        # restarts from its start with its saved config
+        state = rd.load_checkpoint() if resume and rd.checkpoint.exists() else None
         if state is not None:
             check_device(state, cfg, device, force, str(rd.path))
         dist, device, created = distributed.setup(device)
@@ -265,9 +267,7 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, state: dict |
                          unit="step", enabled=progress if main else False) as steps:
                     record = search.epoch(epoch, lambda i, n, b=steps: b.update())
             except KeyboardInterrupt:
-                raise Interrupted(f"interrupted in epoch {epoch + 1}; {rd.path} keeps the "
-                                 f"checkpoint of epoch {epoch}: continue with dsara search "
-                                 f"--resume {rd.path}") from None
+                raise Interrupted(interrupted_message(epoch, rd.path)) from None
             check_finite(record, search, rd, epoch)
             if main:
                 rd.append(record, search.alphas())
@@ -278,6 +278,13 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, state: dict |
                 callback(record)
     search.dist.barrier()  # rank 0 has written everything
     return SearchResult(rd.path, search.architecture(cfg.epochs), rd.read_metrics(), resumed_from)
+
+
+def interrupted_message(epoch: int, path: Path) -> str:
+    """What Ctrl-C in `epoch` (0-based) leaves, and the one command that continues it."""
+    kept = (f"keeps the checkpoint of epoch {epoch}: continue" if epoch
+            else "has no checkpoint yet (no epoch finished): restart it from its start")
+    return f"interrupted in epoch {epoch + 1}; {path} {kept} with dsara search --resume {path}"
 
 
 def resolve_resume(given: SearchConfig, rd: RunDir) -> SearchConfig:

@@ -34,7 +34,7 @@ from torch import nn
 from ..attacks import parse_eps, pgd
 from ..data import DATASETS, Loader, SyntheticConfig, load_dataset, split_train
 from ..device import LAYOUTS, PRECISIONS, resolve_device, use_bf16, use_channels_last
-from ..errors import DsaraError
+from ..errors import DsaraError, Interrupted
 from ..files import read_text, write_json_atomic
 from ..lock import run_lock
 from ..progress import bar
@@ -479,8 +479,13 @@ def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
         gen = torch.Generator(device).manual_seed(epoch_seed(cfg.seed, epoch, 2))  # attack starts
         model.drop_path_prob = final_drop_path * epoch / cfg.epochs
         lr = optimizer.param_groups[0]["lr"]
-        train_terms = train_epoch(model, loader, epoch, method, params, optimizer,
-                                  cfg.grad_clip, gen, amp=lambda: autocast(cfg))
+        try:
+            train_terms = train_epoch(model, loader, epoch, method, params, optimizer,
+                                      cfg.grad_clip, gen, amp=lambda: autocast(cfg))
+        except KeyboardInterrupt:
+            kept = (f"keeps last.pt of epoch {epoch}: the same command continues from there"
+                    if epoch else "has no epoch done yet: the same command starts it again")
+            raise Interrupted(f"interrupted in epoch {epoch + 1}; {run_dir} {kept}") from None
         scheduler.step()
         record = {"epoch": epoch + 1, "lr": lr, "train": train_terms,
                   **validate(model, val_loader, cfg)}
