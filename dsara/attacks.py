@@ -8,6 +8,7 @@ model's train/eval mode as the caller set it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -43,18 +44,26 @@ def check_adversarial(x: torch.Tensor, x_adv: torch.Tensor, eps: float, name: st
 
 
 def parse_eps(value: str | float) -> float:
-    """An L-inf radius as ``8/255`` or ``0.031``; must be finite and >= 0."""
+    """An L-inf radius in [0, 1] pixel units as ``8/255`` or ``0.031``; a value above 1 (8 meant
+    as 8/255) or below 0 is refused in one line."""
     if isinstance(value, (int, float)):
-        eps = float(value)
+        eps, text = float(value), f"{value:g}"
     else:
         text = str(value).strip()
-        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*\.?[0-9]+)", text)
+        m = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*\.?[0-9]+)",
+                         text)
         try:
             eps = float(m.group(1)) / float(m.group(2)) if m else float(text)
         except (ValueError, ZeroDivisionError):
             raise DsaraError(f"eps {text!r} is not a number; write it as 8/255 or 0.031") from None
-    if not eps >= 0 or eps == float("inf"):
-        raise DsaraError(f"eps must be a finite number >= 0, got {value!r}")
+    if eps < 0:
+        raise DsaraError(f"eps {text} is negative; a radius is >= 0, in [0, 1] pixel units, "
+                         "e.g. 8/255")
+    if not math.isfinite(eps):
+        raise DsaraError(f"eps {text} is not a finite number; write it as 8/255 or 0.031")
+    if eps > 1:
+        raise DsaraError(f"eps {text} is larger than 1, but eps is in [0, 1] pixel units; did "
+                         f"you mean {eps:g}/255?")
     return eps
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from . import __version__
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     args.argv = argv  # a command's own words, for messages that say how to run it again
     if not getattr(args, "func", None):
@@ -62,6 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError) as e:  # a backstop: most paths already say more
         print(f"dsara: error: {os_message(e)}", file=sys.stderr)
         return 2
+
+
+_NEGATIVE = re.compile(r"-[0-9.][0-9.eE+-]*(/[0-9.]+)?")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--eps -8/255`` as ``--eps=-8/255``: argparse takes a value starting with '-' that is
+    not a plain number for an option and answers only "expected one argument"; joined, the value
+    reaches its own check, which says what is wrong with it."""
+    out: list[str] = []
+    for word in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE.fullmatch(word):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
 
 
 def os_message(e: OSError | UnicodeDecodeError) -> str:

@@ -74,3 +74,49 @@ def test_train_ctrl_c_names_the_epoch_and_the_command_that_continues(tmp_path, m
     assert main(command) == 0
     history = json.loads((tmp_path / "t" / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A two-epoch resnet_tiny run on synthetic data."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", *TRAIN, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "RUN", "--attacks", "clean"], ["search", "--out", "OUT"],
+    ["train", "resnet_tiny", "--out", "OUT"], ["transfer-matrix", "RUN", "RUN", "--out", "OUT"]])
+@pytest.mark.parametrize("eps,says", [
+    ("8", "eps 8 is larger than 1, but eps is in [0, 1] pixel units; did you mean 8/255?"),
+    ("-8/255", "eps -8/255 is negative"), ("-0.1", "eps -0.1 is negative")])
+def test_eps_in_wrong_units_or_negative_is_one_line(trained, tmp_path, capsys, command, eps,
+                                                    says):
+    words = [{"RUN": str(trained), "OUT": str(tmp_path / "o")}.get(w, w) for w in command]
+    assert main([*words, "--eps", eps]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"dsara: error: {says}" or (err.startswith("dsara: error: ") and says in err
+                                             and "\n" not in err), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_smaller_evaluation_goes_beside_the_full_one_and_the_card_names_it(trained, tmp_path,
+                                                                             capsys):
+    full = ["evaluate", str(trained), "--attacks", "clean,fgsm", "--device", "cpu"]
+    assert main(full) == 0
+    main_file = trained / "evaluation.json"
+    assert json.loads(main_file.read_text())["n"] == 16
+    assert main([*full[:2], "--attacks", "clean", "--limit", "8", "--device", "cpu"]) == 0
+    assert "is kept: it holds a fuller evaluation (clean, fgsm at eps 8/255 on 16 test images)" \
+        in capsys.readouterr().out
+    assert json.loads(main_file.read_text())["n"] == 16
+    side = trained / "evaluation-8img-8of255-clean.json"
+    assert json.loads(side.read_text())["n"] == 8
+    assert main(["export", str(trained), "--format", "robustbench", "--out",
+                 str(tmp_path / "rb")]) == 0
+    card = json.loads((tmp_path / "rb" / "run.json").read_text())
+    assert "dsara evaluate: clean, fgsm at eps 8/255 on 16 test images" in card["footnote"]
+    assert main([*full[:2], "--attacks", "clean", "--limit", "8", "--device", "cpu",
+                 "--force"]) == 0
+    assert json.loads(main_file.read_text())["n"] == 8
+    main_file.unlink()  # the other tests of this module evaluate afresh

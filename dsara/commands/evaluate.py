@@ -19,6 +19,7 @@ from ..evaluate import (
     sanity_checks,
     sanity_table,
 )
+from ..evaluation_file import choose_path
 from ..files import write_json_atomic
 from ..suite import CONFIGS, DETECTORS, Suite, SuiteOptions, details_table, parse_attack_sets
 from .train import add_dataset_options
@@ -52,7 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
     p.add_argument("--json", metavar="FILE", help="report path (default: evaluation.json beside "
-                   "the checkpoint)")
+                   "the checkpoint; export's model card is built from it)")
+    p.add_argument("--force", action="store_true", help="replace evaluation.json even when it "
+                   "holds a fuller evaluation (more images, other attacks or eps); without it a "
+                   "smaller one is written beside it, named by its setting")
     p.add_argument("--surrogate", metavar="RUN_DIR[,RUN_DIR...]", help="surrogate models of "
                    "the transfer-mifgsm / transfer-pgd attacks (logits averaged over them)")
     p.add_argument("--detect", choices=DETECTORS, help="also evaluate a detector: squeeze = "
@@ -171,7 +175,8 @@ def cmd_evaluate(args) -> int:
         out["sanity"] = [r.__dict__ for r in results]
         out["sanity_subset"] = _in_split(sanity_subset, subset)
         failed = not all(r.passed for r in results)
-    json_path = Path(args.json) if args.json else path.parent / "evaluation.json"
+    json_path, kept = ((Path(args.json), None) if args.json
+                       else choose_path(path.parent, out, args.force))
     write_json_atomic(json_path, json.loads(json.dumps(out)))
-    print(f"report: {json_path}")
+    print(f"report: {json_path}" + (f" ({kept})" if kept else ""))
     return 1 if failed else 0

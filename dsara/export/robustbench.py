@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..attacks import parse_eps
 from ..errors import DsaraError
+from ..evaluation_file import describe
 from ..files import atomic_write, write_json_atomic, write_text_atomic
 from . import standalone
 from .portable import check_matches
@@ -111,7 +113,7 @@ def card(source: Source, evaluation: dict[str, Any]) -> dict[str, Any]:
 
 def footnote(dataset: str, evaluation: dict[str, Any]) -> str:
     n, acc = int(evaluation.get("n", 0)), evaluation.get("accuracy", {})
-    notes = []
+    notes = [f"dsara evaluate: {describe(evaluation)}"]  # which evaluation the card reports
     if "autoattack" not in acc:
         notes.append("AutoAttack was not run (dsara evaluate RUN_DIR --attacks clean,autoattack)")
     if n < FULL_TEST.get(dataset, n):
@@ -125,6 +127,11 @@ def check_evaluation(source: Source) -> dict[str, Any]:
         raise DsaraError(f"{source.run_dir} has no evaluation.json; run dsara evaluate "
                          f"{source.run_dir} --attacks clean,autoattack first (the card's "
                          "accuracies come from it)")
+    try:
+        parse_eps(ev.get("eps", 0))  # an evaluation made before eps > 1 was refused
+    except DsaraError as e:
+        raise DsaraError(f"{source.run_dir}/evaluation.json: {e} Evaluate it again with the "
+                         "right --eps") from None
     epoch = ev.get("meta", {}).get("epoch")
     if source.epoch is not None and epoch != source.epoch:
         raise DsaraError(f"{source.run_dir}/evaluation.json is of epoch {epoch}, the checkpoint "
