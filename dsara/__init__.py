@@ -9,12 +9,26 @@ Public API::
 
 __version__ = "0.1.0"
 
-from .archfile import Architecture, load_architecture, resolve_architecture, save_architecture
-from .errors import DsaraError
-from .genotype import Genotype, parse_genotype
-from .models import build_model
-from .space import SearchSpace, list_spaces, load_space
-from .supernet import Supernet, build_supernet
+# The public API is imported on first use (PEP 562), so that `import dsara` and `dsara --help` do
+# not pay for torch; `from dsara import X` works as before.
+_API = {
+    "Architecture": "archfile", "load_architecture": "archfile",
+    "resolve_architecture": "archfile", "save_architecture": "archfile",
+    "DsaraError": "errors", "Genotype": "genotype", "parse_genotype": "genotype",
+    "build_model": "models", "SearchSpace": "space", "list_spaces": "space",
+    "load_space": "space", "Supernet": "supernet", "build_supernet": "supernet",
+}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dsara' has no attribute {name!r}")
+
 
 __all__ = [
     "Architecture", "DsaraError", "Genotype", "SearchSpace", "Supernet", "__version__",

@@ -16,34 +16,49 @@ import sys
 from . import __version__
 from .errors import DsaraError, Interrupted
 
-COMMAND_MODULES = [
-    "dsara.commands.arch",
-    "dsara.commands.compress",
-    "dsara.commands.evaluate",
-    "dsara.commands.experiment",
-    "dsara.commands.export",
-    "dsara.commands.plot",
-    "dsara.commands.search",
-    "dsara.commands.study",
-    "dsara.commands.train",
-    "dsara.commands.transfer",
-]
+# command -> (module that registers it, one-line help); only the command being run is imported,
+# so `dsara --help` and a mistyped command answer without importing torch
+COMMANDS = {
+    "arch": ("dsara.commands.arch", "inspect architectures and search spaces"),
+    "compress": ("dsara.commands.compress", "GDWS or low-rank compression of a trained run"),
+    "evaluate": ("dsara.commands.evaluate", "evaluate a trained model under attacks"),
+    "experiment": ("dsara.commands.experiment", "searched vs random vs published cells at "
+                   "equal parameters, over seeds"),
+    "export": ("dsara.commands.export", "export a trained network (torch.export, ONNX, "
+               "RobustBench folder, genotype text)"),
+    "plot": ("dsara.commands.plot", "draw cells, search curves, training curves and study "
+             "fronts (SVG and PNG)"),
+    "report": ("dsara.commands.plot", "one self-contained HTML page about a study or runs"),
+    "search": ("dsara.commands.search", "run or resume a DSARA architecture search"),
+    "study": ("dsara.commands.study", "persistent Optuna sweeps of DSARA searches"),
+    "train": ("dsara.commands.train", "adversarially retrain an architecture or a baseline"),
+    "transfer-matrix": ("dsara.commands.transfer", "transfer attacks between every pair of runs"),
+}
+COMMAND_MODULES = sorted({module for module, _ in COMMANDS.values()})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given `argv`, only the module of the command named there is imported (the
+    others appear in the help by name)."""
     parser = argparse.ArgumentParser(
         prog="dsara",
         description="Search, sweep, export, retrain and evaluate accurate and robust architectures.")
     parser.add_argument("--version", action="version", version=f"dsara {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    named = next((w for w in argv or [] if not w.startswith("-")), None)
+    if argv is None or named in COMMANDS:
+        modules = COMMAND_MODULES if argv is None else [COMMANDS[named][0]]
+        for name in modules:
+            importlib.import_module(name).register(sub)
+    else:
+        for name, (_, text) in COMMANDS.items():
+            sub.add_parser(name, help=text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # a command's own words, for messages that say how to run it again
     if not getattr(args, "func", None):

@@ -50,7 +50,7 @@ from .data import ImageSet, Loader
 from .device import fp32_math, resolve_device
 from .errors import DsaraError
 from .krylov import KrylovConfig, so_krylov
-from .progress import bar
+from .progress import Pace, bar
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, torch.Generator],
                     torch.Tensor]
@@ -227,8 +227,11 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
             gen = torch.Generator(loader.device).manual_seed(seed + i)
             attack = (attack_fns or {}).get(name) or ATTACKS[name]
             t0 = time.perf_counter()
+            pace = Pace(f"evaluate {name} ({i + 1}/{len(names)} attacks)", len(loader),
+                        unit="batch")  # lines where no bar is drawn
             for x, y in bar(loader.epoch(0), total=len(loader), desc=name, unit="batch"):
                 correct[name].append(_correct_under(model, attack, x, y, eps, gen, name))
+                pace.update()
             seconds[name] = time.perf_counter() - t0
     per_sample = {k: torch.cat(v) for k, v in correct.items()}
     worst = torch.stack(list(per_sample.values())).all(0)

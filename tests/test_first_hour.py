@@ -120,3 +120,55 @@ def test_a_smaller_evaluation_goes_beside_the_full_one_and_the_card_names_it(tra
                  "--force"]) == 0
     assert json.loads(main_file.read_text())["n"] == 8
     main_file.unlink()  # the other tests of this module evaluate afresh
+
+
+def test_pace_prints_every_tenth_and_every_30_s_with_rate_and_eta(capsys):
+    from dsara import progress
+
+    now = {"t": 0.0}
+    pace = progress.Pace("work", 100, unit="batch", enabled=True, clock=lambda: now["t"])
+    for _ in range(5):  # 5 batches at 10 s each: the 30 s rule gives a line at 30 s
+        now["t"] += 10
+        pace.update()
+    for _ in range(20):  # then fast: a line per tenth (10 batches) of the work
+        now["t"] += 0.5
+        pace.update()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "work: 3/100 batches (3%), 10.00 s per batch, 30 s elapsed, ETA 16 min"
+    assert [int(x.split(": ")[1].split("/")[0]) for x in lines] == [3, 13, 23]
+    assert lines[-1] == "work: 23/100 batches (23%), 2.57 s per batch, 59 s elapsed, ETA 3 min"
+
+
+def test_projection_says_days(tmp_path):
+    import types
+
+    import torch
+
+    from dsara.search import SearchConfig
+
+    search = types.SimpleNamespace(device=torch.device("cpu"), steps=781)
+    line = search_loop.projection(SearchConfig(out=str(tmp_path)), search, 0, 2.7)
+    assert line.startswith("projected wall time of the whole search on cpu: 50 epochs x 781 "
+                           "steps at 2.70 s per step = 1.2 days (it is days")
+
+
+def test_without_a_terminal_search_train_and_evaluate_print_progress_lines(tmp_path,
+                                                                           monkeypatch, capsys):
+    from dsara import progress
+
+    monkeypatch.setattr(progress, "MIN_GAP_S", 0.0)  # a line per tenth, however fast the steps
+    out = tmp_path / "s"
+    assert main([*SEARCH[:-1], "--out", str(out)]) == 0  # without --no-progress
+    got = capsys.readouterr()
+    assert got.out.startswith("projected wall time of the whole search on cpu: 2 epochs x 2 "
+                              "steps at "), got.out
+    assert "search (epoch 2/2): 4/4 steps (100%)" in got.err and "ETA" in got.err, got.err
+    assert main([*SEARCH, "--out", str(tmp_path / "quiet")]) == 0  # --no-progress: no lines
+    assert "search (epoch" not in capsys.readouterr().err
+    assert main(["train", *TRAIN, "--out", str(tmp_path / "t")]) == 0
+    err = capsys.readouterr().err
+    assert "train (epoch 1/2): 1/2 batches (50%)" in err and "ETA" in err, err
+    assert main(["evaluate", str(tmp_path / "t"), "--attacks", "clean,fgsm", "--device",
+                 "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "evaluate fgsm (2/2 attacks): 1/1 batches (100%)" in err, err

@@ -16,7 +16,7 @@ import dsara
 from dsara.cli import main
 from dsara.search.rundir import RunDir
 from dsara.study import definition as defs
-from dsara.study import manage, objective, worker
+from dsara.study import manage, objective, requeue, worker
 from dsara.study.storage import Heartbeat, mask_url, open_storage
 
 SMOKE = Path(__file__).resolve().parents[1] / "studies" / "smoke.toml"
@@ -192,21 +192,25 @@ def backdate_heartbeat(storage, trial_id: int, hours: float) -> None:
                      {"t": then, "i": trial_id})
 
 
-def test_a_trial_taken_over_by_another_worker_is_not_told_twice(tmp_path, monkeypatch):
-    """Heartbeats missed the grace period: another worker failed the trial meanwhile."""
+def test_a_result_whose_trial_was_taken_over_is_stored_on_its_retry(tmp_path, monkeypatch):
+    """Heartbeats missed the grace period while the result was on its way: another worker failed
+    the trial as stale meanwhile. The result goes to the trial's retry, not lost, not doubled."""
     db = storage_url(tmp_path)
     manage.create("to", write_definition(tmp_path, budget__n_trials=1), db, tmp_path / "art")
 
     def failed_as_stale_meanwhile(trial, definition, root, log, **kwargs):
-        trial.study._storage.set_trial_state_values(trial._trial_id,
-                                                    state=optuna.trial.TrialState.FAIL)
-        return [0.5, 0.5]
+        trial.set_user_attr("run_dir", "to/trial-0")
+        requeue.backend(trial.study).fail_for_retry(trial._trial_id)  # the other worker's claim
+        return [0.5, 0.25]
 
     monkeypatch.setattr(worker, "objective", failed_as_stale_meanwhile)
     logs = []
-    summary = worker.run_worker("to", db, n_trials=1, log=logs.append)
-    assert summary.failed == [0] and any("failed as stale" in line for line in logs)
-    assert optuna.load_study(study_name="to", storage=db).trials[0].state.name == "FAIL"
+    summary = worker.run_worker("to", db, log=logs.append)
+    assert summary.completed == [0] and any("stored on its retry, trial 1" in s for s in logs)
+    dead, retry = optuna.load_study(study_name="to", storage=db).trials
+    assert (dead.state.name, retry.state.name) == ("FAIL", "COMPLETE")
+    assert retry.values == [0.5, 0.25] and retry.user_attrs["result_of"] == 0
+    assert retry.user_attrs["run_dir"] == "to/trial-0" and retry.params == dead.params
 
 
 def test_retrain_objective_measures_a_held_out_split(tmp_path):

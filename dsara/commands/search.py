@@ -7,8 +7,10 @@ import dataclasses
 
 from ..config import normalize_overrides
 from ..lock import BREAK_LOCK_HELP, break_lock
+from ..progress import lines_off
 from ..search import SearchConfig, load_search_config, run
 from ..tensorboard import for_run
+from .train import add_synthetic_options
 
 S = argparse.SUPPRESS
 # (flag, config field, type, help with units)
@@ -42,6 +44,11 @@ OPTIONS = [
     ("--channels-last", "channels_last", str, "auto (on CUDA) | on | off"),
     ("--out", "out", str, "run directory (default runs/search)"),
 ]
+# `--quick`: the main job in about a minute on a CPU, on the built-in synthetic data; flags and
+# --set still override it
+QUICK = {"space": "tiny", "dataset": "synthetic", "epochs": 6, "stage1_epochs": 3,
+         "pgd_steps": 3, "step_size": "3/255", "batch_size": 32, "out": "runs/quick",
+         "synthetic.n_train": 1024, "synthetic.n_test": 256, "synthetic.image_size": 16}
 FLAGS = [
     ("--download", "download", "let torchvision download the dataset into --data-root"),
     ("--compile", "compile", "torch.compile the supernet"),
@@ -61,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=dest, type=kind, default=S, help=text)
     for flag, dest, text in FLAGS:
         p.add_argument(flag, dest=dest, action="store_true", default=S, help=text)
+    add_synthetic_options(p)
+    p.add_argument("--quick", action="store_true", help="the main job in about a minute on a "
+                   "CPU: the tiny space on the built-in synthetic data (1024 images of 16 px), 6 "
+                   "epochs of PGD-3, into runs/quick; other flags override it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (lam=0.2, synthetic.n_train=512) or a search "
                    "space key (stages.2.width=1.5); repeatable. weight_method=NAME trains the "
@@ -74,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "precision=auto, channels_last=auto and the random streams (a warning says "
                    "which)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: on a terminal)")
+                   help="progress bar on a terminal, else a plain line every ~30 s or 10%% "
+                   "with rate and ETA (default: on)")
     p.add_argument("--tensorboard", nargs="?", const="", metavar="DIR", help="write TensorBoard "
                    "scalars per epoch (accuracies, losses, gamma*, alpha entropy, parameter-free "
                    "ops) to DIR (default RUN_DIR/tensorboard; pip install \"dsara[tensorboard]\")")
@@ -88,7 +100,9 @@ def build_config(args) -> SearchConfig:
     """Config = file + flags + --set; the keys the user gave are remembered for --resume."""
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     given = {dest: getattr(args, dest) for _, dest, *_ in OPTIONS + FLAGS if hasattr(args, dest)}
-    overrides, space = {}, {}
+    given |= {k: v for k, v in vars(args).items() if k.startswith("synthetic.")}
+    overrides, space = ({k: v for k, v in QUICK.items() if not args.resume}
+                        if getattr(args, "quick", False) else {}), {}
     for key, value in normalize_overrides(args.overrides).items():
         (overrides if key.split(".")[0] in fields else space)[key] = value
     overrides |= given
@@ -106,9 +120,10 @@ def cmd_search(args) -> int:
     if args.break_lock:
         break_lock(cfg.out)
     scalars = for_run(args.tensorboard, cfg.out, "search")
-    try:
-        result = run(cfg, callbacks=[scalars] if scalars else (), resume=bool(args.resume),
-                     progress=args.progress, force=args.force)
+    try:  # --no-progress: neither a bar nor the plain lines that replace it in a log
+        with lines_off(args.progress is False):
+            result = run(cfg, callbacks=[scalars] if scalars else (), resume=bool(args.resume),
+                         progress=args.progress, force=args.force)
     finally:
         if scalars:
             scalars.close()

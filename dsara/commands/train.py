@@ -94,10 +94,16 @@ SYNTHETIC = [
 ]
 
 
-def add_dataset_options(p: argparse.ArgumentParser) -> None:
+def add_synthetic_options(p: argparse.ArgumentParser) -> None:
+    """--synthetic-train/-test/-size/-classes: the one way to size the built-in data, in every
+    command that reads it (search, train, evaluate)."""
     for flag, field, text in SYNTHETIC:
         p.add_argument(flag, dest=f"synthetic.{field}", type=int, default=S, metavar="N",
                        help=text)
+
+
+def add_dataset_options(p: argparse.ArgumentParser) -> None:
+    add_synthetic_options(p)
     p.add_argument("--download", action="store_true", default=S,
                    help="let torchvision download the dataset into --data-root")
 

@@ -26,7 +26,18 @@ from pathlib import Path
 
 from ..errors import DsaraError
 from ..study.manage import check_name, study_names
-from ..study.storage import GRACE_S, HEARTBEAT_S, claim_lock, mask_url, open_storage, resolve_url
+from ..study.requeue import claimed_before, fail_orphans, fail_stale, sweep
+from ..study.retry import no_retry, writing_as
+from ..study.storage import (
+    GRACE_S,
+    HEARTBEAT_S,
+    RETRY_S,
+    claim_lock,
+    mask_url,
+    open_storage,
+    resolve_url,
+)
+from ..study.writes import new_token
 from .definition import Experiment, Unit, experiment_from_dict, load_experiment
 
 DEFAULT_ARTIFACT_ROOT = "runs/experiments"
@@ -113,13 +124,22 @@ def unit_states(study, exp: Experiment) -> dict[str, str]:
 
 def claim(study, exp: Experiment, storage, skip: set[str]):
     """The next trial (a re-queued one first); WAIT while only running units are left; None
-    when every unit is complete or failed in this worker's session (`skip`)."""
+    when every unit is complete or failed in this worker's session (`skip`). Retried as a whole
+    over lost connections, exactly once, as a study worker's claim (`dsara.study.worker.claim`)."""
+    token = new_token()
+    return storage.retry(lambda: _claim(study, exp, storage, skip, token), "the claim of a unit")
+
+
+def _claim(study, exp: Experiment, storage, skip: set[str], token: str):
     import optuna
 
-    with claim_lock(storage, study.study_name):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+    with no_retry(), writing_as(token), claim_lock(storage, study.study_name) as locked:
+        if (mine := claimed_before(study, token)) is not None:
+            return optuna.Trial(study, mine._trial_id)
+        fail_stale(study)
+        if locked:
+            fail_orphans(study)
+        sweep(study, exp.max_retry)
         states = unit_states(study, exp)
         if "WAITING" not in states.values():
             pending = [k for k, s in states.items() if s in ("PENDING", "FAIL") and k not in skip]
@@ -128,7 +148,9 @@ def claim(study, exp: Experiment, storage, skip: set[str]):
             study.enqueue_trial({"unit": pending[0]})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return study.ask()
+            trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)  # under the lock: see `requeue.orphans`
+        return trial
 
 
 @dataclass
@@ -146,7 +168,7 @@ def run_worker(name: str, storage: str | None = None, *, data_root: str | None =
 
     from ..study.worker import run_one
 
-    st = open_storage(storage, heartbeat_s=heartbeat_s, grace_s=grace_s)
+    st = open_storage(storage, heartbeat_s=heartbeat_s, grace_s=grace_s, retry_s=RETRY_S, log=log)
     opened = open_experiment(name, storage, st, data_root=data_root)
     study, exp = opened.study, opened.experiment
     with warnings.catch_warnings():

@@ -32,7 +32,7 @@ from ..device import resolve_device, use_bf16, use_channels_last
 from ..errors import DsaraError, Interrupted
 from ..genotype import Genotype
 from ..lock import run_lock
-from ..progress import bar, write
+from ..progress import Pace, bar, duration, rate_text, write
 from ..space import SearchSpace, load_space
 from ..supernet import Supernet, check_partial_k
 from . import distributed
@@ -260,12 +260,25 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, state: dict |
     elif main:
         rd.write_config(cfg.to_dict())
         rd.start_alpha_history(search.alphas())
+    # without a terminal: plain progress lines of the whole run; after its first steps, the
+    # projected wall time (once, on stdout, so it reaches the log)
+    pace = Pace("search", (cfg.epochs - done) * search.steps,
+                enabled=None if main and progress is not True else False)
+    project_at = min(3, search.steps) if main else -1  # within the first epoch
+
+    def on_step(steps) -> None:
+        steps.update()
+        pace.update()
+        if pace.done == project_at:
+            write(projection(cfg, search, done, pace.seconds_per_unit()))
+
     with _terminate_as_interrupt():
         for epoch in range(done, cfg.epochs):
+            pace.what = f"search (epoch {epoch + 1}/{cfg.epochs})"
             try:
                 with bar(total=search.steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                          unit="step", enabled=progress if main else False) as steps:
-                    record = search.epoch(epoch, lambda i, n, b=steps: b.update())
+                    record = search.epoch(epoch, lambda i, n, b=steps: on_step(b))
             except KeyboardInterrupt:
                 raise Interrupted(interrupted_message(epoch, rd.path)) from None
             check_finite(record, search, rd, epoch)
@@ -278,6 +291,18 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, state: dict |
                 callback(record)
     search.dist.barrier()  # rank 0 has written everything
     return SearchResult(rd.path, search.architecture(cfg.epochs), rd.read_metrics(), resumed_from)
+
+
+def projection(cfg: SearchConfig, search: Search, done: int, per_step: float) -> str:
+    """The projected wall time of the (rest of the) search, from the steps measured so far."""
+    epochs = cfg.epochs - done
+    total = per_step * epochs * search.steps
+    what = "the whole search" if done == 0 else f"the {epochs} epochs left"
+    shorten = (" (it is days: shorten it with --epochs, --max-steps or a smaller dataset, or run "
+               "it on a GPU)" if total >= 86400 else "")
+    return (f"projected wall time of {what} on {search.device.type}: {epochs} epochs x "
+            f"{search.steps} steps at {rate_text(1 / per_step, 'step')} = "
+            f"{duration(total)}{shorten}")
 
 
 def interrupted_message(epoch: int, path: Path) -> str:

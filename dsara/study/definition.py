@@ -36,6 +36,7 @@ A definition is a TOML file in `studies/` (usable by name) or anywhere (usable b
     [budget]
     n_trials = 40                 # complete trials the study aims at, over all workers
     max_retry = 2                 # re-queues of a trial whose worker died
+    resume_on_other_device = false  # a retry may continue a cuda-searched trial on a cpu (or back)
 
 A parameter key is routed like `dsara search --set`: a SearchConfig field (``lam``,
 ``synthetic.noise``) or else a key of the search space (``stages.2.width``).
@@ -113,6 +114,9 @@ class StudyDefinition:
     population_size: int | None = None  # NSGA-II generation size; None: Optuna's default (50)
     n_trials: int = 20  # complete trials the study aims at, all workers together
     max_retry: int = 2  # re-queues of a trial whose worker died
+    # a retry continues its trial's checkpoint on another device type (precision and random
+    # streams change: the result is not the uninterrupted search's); off: refused, re-queued
+    resume_on_other_device: bool = False
     description: str = ""
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -195,6 +199,7 @@ def definition_from_dict(raw: dict[str, Any], where: str = "study definition") -
                                 hint="population_size must be >= 2"),
         n_trials=bud.get("n_trials", int, 20, check=lambda v: v >= 1, hint="must be >= 1"),
         max_retry=bud.get("max_retry", int, 2, check=lambda v: v >= 0, hint="must be >= 0"),
+        resume_on_other_device=bud.get("resume_on_other_device", bool, False),
         description=f.get("description", str, ""),
         source=where,
         raw=raw,

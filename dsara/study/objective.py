@@ -24,8 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..device import resolve_device
+from ..errors import DsaraError
 from ..lock import LOCK_NAME, run_lock
 from ..search import run as search_run
+from ..search.resume import effects, saved_device_type
 from ..search.rundir import RunDir
 from . import artifacts
 from .definition import StudyDefinition, retrain_config
@@ -49,6 +52,26 @@ def retried_number(trial) -> int | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+
+
+class OtherDevice(DsaraError):
+    """A retried trial's checkpoint was searched on another device type, and its study does not
+    allow continuing it there."""
+
+
+def check_device(cfg, run_dir: Path, definition: StudyDefinition, number: int) -> None:
+    """A retry continues on the device type its checkpoint was searched on, as `dsara search
+    --resume` does; the study's ``[budget] resume_on_other_device`` allows otherwise."""
+    before = saved_device_type(RunDir(run_dir).load_checkpoint())
+    now = resolve_device(cfg.device).type
+    if before == now or definition.resume_on_other_device:
+        return
+    old, new = effects(cfg, before), effects(cfg, now)
+    changes = [f"{k} {old[k]} -> {new[k]}" for k in old if old[k] != new[k]] + ["random streams"]
+    raise OtherDevice(f"trial {number} continues a search made on {before} and this worker runs "
+                      f"on {now}, which changes {', '.join(changes)}; it stays queued: run it on a "
+                      f"{before} worker, or create the study with [budget] "
+                      "resume_on_other_device = true")
 
 
 class TakenOver(Exception):
@@ -91,11 +114,14 @@ def _objective(trial, definition: StudyDefinition, artifact_root: str | Path, ru
     if origin is not None and not RunDir(run_dir).checkpoint.exists():
         files.restore(origin)  # another machine: the dead attempt's files from the store
     resume = prepare_run_dir(run_dir, retry=origin is not None)
+    if resume:
+        check_device(cfg, run_dir, definition, trial.number)
     log(f"trial {trial.number}: {'resuming ' + rel if resume else rel}"
         f"{' ' + _fmt(values) if values else ''}")
     callbacks = [stop_when(taken_over), best_effort(files.after_epoch, log),
                  *_pruning_callbacks(trial, definition)]
-    result = search_run(cfg, callbacks=callbacks, resume=resume, progress=False)
+    result = search_run(cfg, callbacks=callbacks, resume=resume, progress=False,
+                        force=definition.resume_on_other_device)
     trial.set_user_attr("resumed_from_epoch", result.resumed_from or 0)
     metrics = {k: v for k, v in result.final.items() if k not in BULKY}
     if definition.objective == "retrain":

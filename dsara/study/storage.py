@@ -9,7 +9,9 @@
   its own and its heartbeat thread's).
 - Heartbeats: every worker records one per running trial every `heartbeat_s`; a trial whose last
   heartbeat is older than `grace_s` belongs to a dead worker. The next worker that claims a trial
-  fails it and re-queues it (`RetryHeartbeatStaleTrialCallback`, up to `max_retry` times).
+  fails it and re-queues it (`requeue`, up to `max_retry` times). The heartbeat runs until the
+  trial's result is stored, and the default grace period is longer than the retry period plus a
+  heartbeat, so a worker that outlives an outage keeps its trial.
 - Workers retry calls that lost their connection (a server restart) for ``--db-retry`` seconds;
   see `dsara.study.retry`.
 - Passwords never appear in messages: `mask_url` renders URLs with ``***``.
@@ -34,8 +36,10 @@ PG_POOL_SIZE = 2  # connections kept per worker (main thread + heartbeat thread)
 PG_MAX_OVERFLOW = 2  # extra connections allowed at a peak (the claim lock holds one)
 CONNECT_TIMEOUT_S = 10  # an unreachable server fails in seconds, not minutes
 HEARTBEAT_S = 60  # a running trial's heartbeat period
-GRACE_S = 180  # a trial without a heartbeat for this long is stale: its worker died
 RETRY_S = 300  # a worker keeps retrying a database that went away for this long (--db-retry)
+# a trial without a heartbeat for this long is stale: its worker died. Longer than an outage a
+# worker outlives (RETRY_S) plus a heartbeat period, so a live worker's trial is never taken
+GRACE_S = 420
 
 
 def resolve_url(storage: str | None) -> str:
@@ -50,15 +54,6 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not parseable: show the scheme only
         return url.split("://", 1)[0] + "://***" if "://" in url else "***"
-
-
-def _password(url: str) -> str | None:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).password
-    except Exception:
-        return None
 
 
 def engine_kwargs(url: str) -> dict:
@@ -89,7 +84,7 @@ def open_storage(storage: str | None = None, *, create: bool = False, heartbeat_
     """
     import optuna
 
-    from .retry import RetryingRDBStorage
+    from .retry import RetryingRDBStorage, reason
 
     if not 1 <= heartbeat_s < grace_s:
         raise DsaraError(f"heartbeat every {heartbeat_s} s with a grace period of {grace_s} s: the "
@@ -112,19 +107,12 @@ def open_storage(storage: str | None = None, *, create: bool = False, heartbeat_
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=max_retry))
     except Exception as e:  # the driver's message, first line, password scrubbed
-        raise DsaraError(f"cannot open storage {mask_url(url)}: {_reason(e, url)}; check the "
+        raise DsaraError(f"cannot open storage {mask_url(url)}: {reason(e, url)}; check the "
                          "URL and the server, or pass --storage / set DSARA_STORAGE") from None
-    st.retry_s, st.describe = retry_s, (lambda e: _reason(e, url))
+    st.retry_s = retry_s
     if log is not None:
         st.log = log
     return st
-
-
-def _reason(e: Exception, url: str) -> str:
-    text = str(getattr(e, "orig", None) or e).strip().splitlines()
-    reason = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-    secret = _password(url)
-    return reason.replace(secret, "***") if secret else reason
 
 
 @contextlib.contextmanager

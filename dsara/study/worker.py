@@ -11,7 +11,10 @@ leaving: if one of those trials fails, or its worker dies, it takes over.
 
 A worker outlives a restart of the database server (`retry`): its storage calls are retried with
 backoff for up to ``retry_s`` seconds while the running search goes on; a claim is retried as a
-whole, and the trial of a claim that died half-way is re-queued by the next claim.
+whole and finds the trial an earlier try of it took, and the trial of a claim that died half-way is
+re-queued by the next claim (`requeue`). The heartbeat runs until the result is stored; a result
+whose trial was failed as stale meanwhile (an outage longer than the grace period) is stored on
+the trial's retry (`requeue.store_on_retry`), or the worker says in one line where it is.
 
 Samplers are not stored: every claim builds the definition's sampler seeded with ``seed + number of
 trials so far``, so concurrent workers never draw the same values and one worker is reproducible.
@@ -25,12 +28,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DsaraError, Interrupted
+from ..errors import Interrupted
 from .definition import StudyDefinition
 from .manage import open_study
-from .objective import objective
-from .retry import RETRY_S, DatabaseUnreachable, no_retry, orphans
-from .storage import GRACE_S, HEARTBEAT_S, Heartbeat, claim_lock, open_storage
+from .objective import OtherDevice, objective
+from .requeue import claimed_before, fail_orphans, fail_stale, requeue_now, store_on_retry, sweep
+from .retry import DatabaseUnreachable, no_retry, writing_as
+from .storage import GRACE_S, HEARTBEAT_S, RETRY_S, Heartbeat, claim_lock, open_storage
+from .writes import new_token
 
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of burning budget
 WAIT = "wait"  # claim(): the budget is met only by running trials: poll again later
@@ -67,17 +72,26 @@ def make_pruner(definition: StudyDefinition):
 
 def claim(study, definition: StudyDefinition, storage):
     """The next trial to run (a re-queued one first); "wait" while the budget is met only by
-    counting running trials (one may still fail or go stale); None when the study is done."""
+    counting running trials (one may still fail or go stale); None when the study is done.
+    Retried as a whole over lost connections, with one token: a try whose answer was lost is
+    found by the next one (`requeue.claimed_before`), never run beside it."""
+    token = new_token()
+    return storage.retry(lambda: _claim(study, definition, storage, token),
+                         "the claim of a trial")
+
+
+def _claim(study, definition: StudyDefinition, storage, token: str):
     import optuna
     from optuna.trial import TrialState
 
-    with no_retry(), claim_lock(storage, study.study_name) as locked:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # dead workers' trials: failed, re-queued
+    with no_retry(), writing_as(token), claim_lock(storage, study.study_name) as locked:
+        if (mine := claimed_before(study, token)) is not None:
+            study.sampler = make_sampler(definition, definition.seed + mine.number)
+            return optuna.Trial(study, mine._trial_id)
+        fail_stale(study)  # dead workers' trials: failed, their retries queued by the sweep
         if locked:
-            for trial_id in orphans(storage, study._study_id):
-                requeue(study, trial_id, definition)
+            fail_orphans(study)
+        sweep(study, definition.max_retry)
         trials = study.get_trials(deepcopy=False)
         states = Counter(t.state for t in trials)
         if states[TrialState.WAITING] == 0:
@@ -89,7 +103,7 @@ def claim(study, definition: StudyDefinition, storage):
         with warnings.catch_warnings():  # heartbeats are recorded by `Heartbeat`, not optimize()
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
-        storage.record_heartbeat(trial._trial_id)  # under the lock: see `retry.orphans`
+        storage.record_heartbeat(trial._trial_id)  # under the lock: see `requeue.orphans`
         return trial
 
 
@@ -110,6 +124,10 @@ def run_worker(name: str, storage: str | None = None, n_trials: int | None = Non
         st.heartbeat_stale_trial_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=definition.max_retry)
     study.pruner = make_pruner(definition)
+    if retry_s and grace_s <= retry_s + heartbeat_s:
+        log(f"note: an outage longer than the grace period ({grace_s} s) but within --db-retry "
+            f"({retry_s:g} s) lets other workers re-queue this worker's trial; its result then "
+            "goes to the retry")
     summary, start, failures, waiting = WorkerSummary(), time.monotonic(), 0, False
     while True:
         if n_trials is not None and len(summary.completed) + len(summary.failed) \
@@ -119,7 +137,7 @@ def run_worker(name: str, storage: str | None = None, n_trials: int | None = Non
         if timeout is not None and time.monotonic() - start >= timeout:
             summary.stopped = f"this worker's timeout of {timeout:g} s passed"
             break
-        trial = st.retry(lambda: claim(study, definition, st), "the claim of a trial")
+        trial = claim(study, definition, st)
         if trial is None:
             summary.stopped = f"the study has its {definition.n_trials} complete trials"
             break
@@ -144,7 +162,7 @@ def run_one(study, trial, definition: StudyDefinition, root: Path, storage, hear
             log, break_lock: bool = False, objective_fn=None) -> str:
     """Run one claimed trial and tell the study; returns the trial's final state name.
     `objective_fn(trial, definition, root, log, taken_over=event)` replaces the study objective
-    (an experiment passes its own)."""
+    (an experiment passes its own). The heartbeat runs until the result is stored."""
     import optuna
     from optuna.trial import TrialState
 
@@ -156,60 +174,65 @@ def run_one(study, trial, definition: StudyDefinition, root: Path, storage, hear
                 values = objective(trial, definition, root, log, taken_over=beat.taken_over,
                                    break_lock=break_lock)
         except optuna.TrialPruned as e:
-            study.tell(trial, state=TrialState.PRUNED)
+            if not _told(study, trial, state=TrialState.PRUNED):
+                return _dropped(trial, log)
             log(f"trial {trial.number}: {e}")
             return "PRUNED"
         except DatabaseUnreachable:
             raise  # the trial stays RUNNING: the next worker re-queues it once it is stale
         except (KeyboardInterrupt, Interrupted):
-            requeue(study, trial._trial_id, definition)  # stopped by user or SIGTERM: resume later
+            requeue_now(study, trial._trial_id, definition.max_retry)  # resume later
             raise Interrupted(f"interrupted: trial {trial.number} of study {study.study_name!r} "
-                             "was re-queued; the next `dsara study run` resumes it from its "
-                             "last checkpoint") from None
-        except DsaraError as e:
+                              "was re-queued; the next `dsara study run` resumes it from its "
+                              "last checkpoint") from None
+        except OtherDevice:
+            requeue_now(study, trial._trial_id, definition.max_retry)  # for a worker that can
+            raise
+        except Exception as e:  # DsaraError, a bug or a broken environment: the worker goes on
             return _fail(study, trial, e, log)
-        except Exception as e:  # a bug or a broken environment: the trial fails, the worker goes on
-            if _taken_over(study, trial, log):
-                return "FAIL"
-            return _fail(study, trial, e, log)
-    if _taken_over(study, trial, log):
-        return "FAIL"
-    study.tell(trial, values)
+        return _complete(study, trial, values, definition, log)
+
+
+def _told(study, trial, values=None, state=None) -> bool:
+    """Tell the study; False if another worker finished the trial first (it missed the grace
+    period, e.g. in an outage, and was failed as stale and re-queued)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        study.tell(trial, values, state=state)
+    except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise
+        return False
+    return True
+
+
+def _dropped(trial, log) -> str:
+    log(f"trial {trial.number} was failed as stale and re-queued by another worker while this "
+        "one ran it (heartbeats missed the grace period); its retry continues from the last "
+        "checkpoint")
+    return "FAIL"
+
+
+def _complete(study, trial, values: list[float], definition: StudyDefinition, log) -> str:
+    if not _told(study, trial, values):
+        return store_on_retry(study, trial, values, definition.max_retry, log)
     names = study.metric_names or []
     log(f"trial {trial.number} complete: " + ", ".join(
         f"{n} {v:.4f}" for n, v in zip(names, values)))
     return "COMPLETE"
 
 
-def _taken_over(study, trial, log) -> bool:
-    """True if the trial was finished behind this worker's back: its heartbeat missed the grace
-    period (a long pause, a database outage) and another worker failed and re-queued it. Telling
-    it again would raise; its retry owns the run directory now."""
-    if not study._storage.get_trial(trial._trial_id).state.is_finished():
-        return False
-    log(f"trial {trial.number} was failed as stale and re-queued by another worker while this "
-        "one ran it (heartbeats missed the grace period); this worker's result is dropped")
-    return True
-
-
 def _fail(study, trial, error: Exception, log) -> str:
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-    trial.set_user_attr("error", message)
-    study.tell(trial, state=TrialState.FAIL)
+    try:
+        trial.set_user_attr("error", message)
+    except UpdateFinishedTrialError:
+        return _dropped(trial, log)
+    if not _told(study, trial, state=TrialState.FAIL):
+        return _dropped(trial, log)
     log(f"trial {trial.number} failed: {message}")
     return "FAIL"
-
-
-def requeue(study, trial_id: int, definition: StudyDefinition) -> None:
-    """Fail an interrupted trial and queue its retry at once (as the heartbeat check would later)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    frozen = study._storage.get_trial(trial_id)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=definition.max_retry)(
-            study, frozen)

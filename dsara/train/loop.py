@@ -37,7 +37,7 @@ from ..device import LAYOUTS, PRECISIONS, resolve_device, use_bf16, use_channels
 from ..errors import DsaraError, Interrupted
 from ..files import read_text, write_json_atomic
 from ..lock import run_lock
-from ..progress import bar
+from ..progress import Pace, bar
 from .checkpoint import (
     build_from_spec,
     initial_weights,
@@ -320,14 +320,17 @@ def train_step(model, x, y, method, params: AdvParams, optimizer, grad_clip: flo
 
 
 def train_epoch(model, loader: Loader, epoch: int, method, params: AdvParams, optimizer,
-                grad_clip: float, generator, amp: Callable = contextlib.nullcontext
-                ) -> dict[str, float]:
-    """One epoch of adversarial training; returns the mean loss and the mean of each term."""
+                grad_clip: float, generator, amp: Callable = contextlib.nullcontext,
+                pace: Pace | None = None) -> dict[str, float]:
+    """One epoch of adversarial training; returns the mean loss and the mean of each term.
+    `pace` prints the run's progress lines where no bar is drawn."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
     for x, y in bar(loader.epoch(epoch), total=len(loader), desc=f"train epoch {epoch + 1}",
                     unit="batch"):
         loss, terms = train_step(model, x, y, method, params, optimizer, grad_clip, generator, amp)
+        if pace is not None:
+            pace.update()
         for k, v in {"loss": loss, **terms}.items():
             sums[k] = sums.get(k, 0) + v.float()
     means = {k: v.item() / len(loader) for k, v in sums.items()}
@@ -471,6 +474,8 @@ def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
                         else 0.0)
     final_drop_path = macro.drop_path if macro is not None else 0.0
     start, done = state["epoch"], 0
+    left = cfg.epochs - start if max_epochs is None else min(max_epochs, cfg.epochs - start)
+    pace = Pace("train", left * len(loader), unit="batch")  # training batches; validation apart
     for epoch in range(start, cfg.epochs):
         if state["stopped_early"] or (max_epochs is not None and done >= max_epochs):
             break
@@ -480,8 +485,9 @@ def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
         model.drop_path_prob = final_drop_path * epoch / cfg.epochs
         lr = optimizer.param_groups[0]["lr"]
         try:
+            pace.what = f"train (epoch {epoch + 1}/{cfg.epochs})"
             train_terms = train_epoch(model, loader, epoch, method, params, optimizer,
-                                      cfg.grad_clip, gen, amp=lambda: autocast(cfg))
+                                      cfg.grad_clip, gen, amp=lambda: autocast(cfg), pace=pace)
         except KeyboardInterrupt:
             kept = (f"keeps last.pt of epoch {epoch}: the same command continues from there"
                     if epoch else "has no epoch done yet: the same command starts it again")
