@@ -71,10 +71,14 @@ def _classify(e: BaseException | None) -> tuple[str, BaseException] | None:
     """("lost" | "error", the database exception behind `e`), or None: not a database error.
     Optuna wraps driver errors (StorageInternalError from SQLAlchemy's from the driver's)."""
     import sqlalchemy.exc as sa
+    from optuna.exceptions import OptunaError, StorageInternalError
 
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        if isinstance(e, LookupError | ValueError) or (
+                isinstance(e, OptunaError) and not isinstance(e, StorageInternalError)):
+            return None  # the storage's answer (no such trial, duplicated name, finished): no fault
         if isinstance(e, sa.DBAPIError):
             return ("lost" if e.connection_invalidated or _driver_lost(e.orig) else "error"), e
         if isinstance(e, ConnectionError | sa.DisconnectionError):
