@@ -133,7 +133,7 @@ def claim(study, exp: Experiment, storage, skip: set[str]):
 def _claim(study, exp: Experiment, storage, skip: set[str], token: str):
     import optuna
 
-    with no_retry(), writing_as(token), claim_lock(storage, study.study_name) as locked:
+    with no_retry(), claim_lock(storage, study.study_name) as locked:
         if (mine := claimed_before(study, token)) is not None:
             return optuna.Trial(study, mine._trial_id)
         fail_stale(study)
@@ -145,8 +145,9 @@ def _claim(study, exp: Experiment, storage, skip: set[str], token: str):
             pending = [k for k, s in states.items() if s in ("PENDING", "FAIL") and k not in skip]
             if not pending:
                 return WAIT if "RUNNING" in states.values() else None
-            study.enqueue_trial({"unit": pending[0]})
-        with warnings.catch_warnings():
+            with writing_as(token):
+                study.enqueue_trial({"unit": pending[0]})
+        with warnings.catch_warnings(), writing_as(token):  # the trial taken carries the token
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
         storage.record_heartbeat(trial._trial_id)  # under the lock: see `requeue.orphans`

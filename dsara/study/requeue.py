@@ -107,10 +107,13 @@ def store_on_retry(study, trial, values: list[float], max_retry: int | None, log
     st, token = backend(study), new_token()
 
     def attempt():
-        with no_retry(), writing_as(token), claim_lock(st, study.study_name):
+        with no_retry(), claim_lock(st, study.study_name):
             sweep(study, max_retry)  # queued now if a lost connection cut the stale fail short
             copy = retry_of(st.get_all_trials(study._study_id, deepcopy=False), trial.number)
-            return copy, copy is not None and _take_and_tell(st, trial, copy, values, token)
+            if copy is None:
+                return None, False
+            with writing_as(token):
+                return copy, _take_and_tell(st, trial, copy, values, token)
     copy, stored = st.retry(attempt, "storing a result on its retry")
     head = (f"trial {trial.number} was failed as stale while its result was being stored (the "
             "database was away longer than the grace period)")

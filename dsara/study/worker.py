@@ -84,7 +84,7 @@ def _claim(study, definition: StudyDefinition, storage, token: str):
     import optuna
     from optuna.trial import TrialState
 
-    with no_retry(), writing_as(token), claim_lock(storage, study.study_name) as locked:
+    with no_retry(), claim_lock(storage, study.study_name) as locked:
         if (mine := claimed_before(study, token)) is not None:
             study.sampler = make_sampler(definition, definition.seed + mine.number)
             return optuna.Trial(study, mine._trial_id)
@@ -100,8 +100,8 @@ def _claim(study, definition: StudyDefinition, storage, token: str):
             if states[TrialState.COMPLETE] + states[TrialState.RUNNING] >= definition.n_trials:
                 return WAIT
         study.sampler = make_sampler(definition, definition.seed + len(trials))
-        with warnings.catch_warnings():  # heartbeats are recorded by `Heartbeat`, not optimize()
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), writing_as(token):  # the trial taken carries the token
+            warnings.simplefilter("ignore", UserWarning)  # heartbeats: `Heartbeat`, not optimize()
             trial = study.ask()
         storage.record_heartbeat(trial._trial_id)  # under the lock: see `requeue.orphans`
         return trial

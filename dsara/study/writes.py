@@ -115,9 +115,10 @@ def token_of(storage, trial_id: int) -> str | None:
 
 
 def trial_with_token(storage, study_id: int, token: str) -> int | None:
-    """The trial of `study_id` whose last write carries `token`, if any."""
+    """The trial of `study_id` whose last write carries `token`, if any (a claim's token marks
+    the one trial it took)."""
     query = select(TrialWrite.trial_id).where(TrialWrite.study_id == study_id,
-                                              TrialWrite.token == token)
+                                              TrialWrite.token == token).limit(1)
     with storage.engine.connect() as conn:
         return conn.execute(query).scalar_one_or_none()
 
