@@ -27,6 +27,7 @@ from dsara.study import artifacts, manage, worker
 from dsara.study.artifacts import RESULT, SYNCED
 
 ROOT = Path(__file__).resolve().parents[1]
+HANG_S = 1800  # waits for an event fail after this long: they bound a hang, not a speed
 
 
 def test_each_trial_lists_its_files_once_in_the_filesystem_store(tmp_path):
@@ -103,6 +104,7 @@ def _worker(name: str, db: str, cwd: Path, env: dict, *args: str) -> subprocess.
 
 
 @pytest.mark.slow  # three Python processes and a heartbeat grace period: about a minute
+@pytest.mark.timeout(2 * HANG_S)
 def test_a_second_machine_resumes_a_killed_trial_through_s3(tmp_path, s3_env):
     db = storage_url(tmp_path)
     epochs = 6
@@ -113,10 +115,10 @@ def test_a_second_machine_resumes_a_killed_trial_through_s3(tmp_path, s3_env):
     assert study.user_attrs["artifact_root"] == "s3://dsara-test/studies/s3"
 
     first = _worker("s3", db, tmp_path / "machine-a", s3_env)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + HANG_S
     while not study.trials or study.trials[0].user_attrs.get("artifact_epoch", 0) < 1:
         assert first.poll() is None, (tmp_path / "machine-a" / "worker.log").read_text()
-        assert time.monotonic() < deadline, "no checkpoint artifact within 180 s"
+        assert time.monotonic() < deadline, f"no checkpoint artifact within {HANG_S} s"
         time.sleep(0.05)  # polling the database for the event "checkpoint stored"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
@@ -133,7 +135,7 @@ def test_a_second_machine_resumes_a_killed_trial_through_s3(tmp_path, s3_env):
 
     machine_b = tmp_path / "machine-b"  # sees neither machine A's run directory nor its files
     second = _worker("s3", db, machine_b, s3_env)
-    assert second.wait(timeout=300) == 0, (machine_b / "worker.log").read_text()
+    assert second.wait(timeout=HANG_S) == 0, (machine_b / "worker.log").read_text()
     dead, retry = study.get_trials()
     assert (dead.state.name, retry.state.name) == ("FAIL", "COMPLETE")
     assert retry.user_attrs["retry_of"] == 0 and retry.params == dead.params

@@ -40,9 +40,9 @@ from dsara.search.rundir import RunDir
 from dsara.study import manage, retry, worker
 from dsara.study.storage import open_storage
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(900),
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(3600),
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
-HANG_S = 300  # waits for an event give up after this long: a hang, never a speed
+HANG_S = 1800  # waits for an event give up after this long: a hang, never a speed
 
 _WHY = why_not()
 if _WHY and os.environ.get("DSARA_REQUIRE_POSTGRES") == "1":
