@@ -21,6 +21,7 @@ from ..evaluate import (
 )
 from ..evaluation_file import choose_path
 from ..files import write_json_atomic
+from ..lock import run_lock
 from ..suite import CONFIGS, DETECTORS, Suite, SuiteOptions, details_table, parse_attack_sets
 from .train import add_dataset_options
 
@@ -149,6 +150,11 @@ def cmd_evaluate(args) -> int:
     eps = parse_eps(args.eps)
     attacks = _attacks(args.attacks)
     model, ckpt, path = load_trained(args.target, args.arch)
+    with run_lock(path.parent):  # it writes its files there: not while a run (or another) does
+        return _evaluate(args, eps, attacks, model, ckpt, path)
+
+
+def _evaluate(args, eps, attacks, model, ckpt, path: Path) -> int:
     config = ckpt.get("config", {})
     test, info, subset = test_split(args, config)
     device = resolve_device(args.device)
