@@ -337,3 +337,47 @@ def test_heartbeat_notices_a_taken_over_trial_and_the_search_stops(tmp_path):
         with pytest.raises(TakenOver, match="after epoch 3"):
             stop_when(beat.taken_over)({"epoch": 3})
     stop_when(None)({"epoch": 1})  # no event: never stops
+
+
+def dead_trial_searched_on(tmp_path, monkeypatch, name: str, device_type: str, **edits):
+    """A study (budget 1) whose trial 0 died after epoch 1 of 2, its checkpoint marked as
+    searched on `device_type`, its heartbeat an hour old."""
+    db = storage_url(tmp_path)
+    manage.create(name, write_definition(tmp_path, f"{name}.toml", budget__n_trials=1, **edits),
+                  db, tmp_path / "art")
+    st = open_storage(db, heartbeat_s=1, grace_s=60)
+    opened = manage.open_study(name, db, st)
+
+    def die(trial, definition):
+        def callback(record):
+            raise RuntimeError("worker died")
+        return (callback,)
+
+    with monkeypatch.context() as m:
+        m.setattr(objective, "_pruning_callbacks", die)
+        trial = worker.claim(opened.study, opened.definition, st)
+        with Heartbeat(st, trial._trial_id, 60), pytest.raises(RuntimeError):
+            objective.objective(trial, opened.definition, opened.artifact_root, log=lambda s: None)
+    rd = RunDir(tmp_path / "art" / name / "trial-0")
+    state = torch.load(rd.checkpoint, weights_only=True)
+    torch.save({**state, "device_type": device_type}, rd.checkpoint)
+    backdate_heartbeat(st, trial._trial_id, hours=1)
+    return db
+
+
+def test_a_retry_on_another_device_type_is_refused_and_stays_queued(tmp_path, monkeypatch, capsys):
+    db = dead_trial_searched_on(tmp_path, monkeypatch, "dev", "cuda")
+    code, _, err = run_cli(capsys, "study", "run", "dev", "--storage", db, "--heartbeat", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "a search made on cuda and this worker runs on cpu" in err
+    assert "resume_on_other_device = true" in err
+    states = [t.state.name for t in optuna.load_study(study_name="dev", storage=db).trials]
+    assert states == ["FAIL", "FAIL", "WAITING"]  # the dead trial, the refused retry, queued again
+
+
+def test_a_study_may_allow_retries_on_another_device_type(tmp_path, monkeypatch, capsys):
+    db = dead_trial_searched_on(tmp_path, monkeypatch, "devok", "cuda",
+                                budget__resume_on_other_device=True)
+    summary = worker.run_worker("devok", db, heartbeat_s=1, grace_s=60, log=lambda s: None)
+    assert summary.completed == [1]
+    assert "searched on cuda and would continue on cpu" in capsys.readouterr().err  # the warning
