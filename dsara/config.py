@@ -7,6 +7,7 @@ parsed as TOML values (``1.5``, ``"sgd"``, ``[1, 2]``, ``true``), never evaluate
 from __future__ import annotations
 
 import copy
+import difflib
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -123,5 +124,11 @@ class Fields:
         """Reject keys nobody read: a typo must not pass silently."""
         extra = sorted(set(self.table) - self.used)
         if extra:
-            raise DsaraError(f"{self.where}: unknown key {extra[0]!r}; known keys: "
-                             f"{', '.join(sorted(self.used))}")
+            raise DsaraError(f"{self.where}: unknown key {extra[0]!r}{did_you_mean(extra[0], self.used)}"
+                             f"; known keys: {', '.join(sorted(self.used))}")
+
+
+def did_you_mean(key: str, known) -> str:
+    """``; did you mean 'lam'?`` for the closest known key, or nothing."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -185,7 +185,12 @@ def _need_root(name: str, root: str | Path | None) -> Path:
     if root is None:
         raise DsaraError(f"dataset {name!r} needs a data root; pass --data-root DIR "
                          f"(with --download to fetch cifar10/cifar100/svhn there)")
-    return Path(root).expanduser()
+    return Path(root).expanduser().absolute()  # errors name the folder actually tried
+
+
+def absolute_root(root: str | None) -> str | None:
+    """A --data-root as an absolute path, so a run's config works from any folder."""
+    return None if root is None else str(Path(root).expanduser().absolute())
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -172,3 +172,70 @@ def test_without_a_terminal_search_train_and_evaluate_print_progress_lines(tmp_p
                  "cpu"]) == 0
     err = capsys.readouterr().err
     assert "evaluate fgsm (2/2 attacks): 1/1 batches (100%)" in err, err
+
+
+def test_quick_is_the_main_job_on_synthetic_data_and_flags_override_it():
+    from dsara.cli import build_parser
+    from dsara.commands.search import build_config
+
+    cfg = build_config(build_parser(["search"]).parse_args(["search", "--quick", "--epochs", "2"]))
+    assert (cfg.space, cfg.dataset, cfg.out, cfg.epochs) == ("tiny", "synthetic", "runs/quick", 2)
+    assert cfg.synthetic == {"n_train": 512, "n_test": 128, "image_size": 16}
+    cfg = build_config(build_parser(["search"]).parse_args(
+        ["search", "--dataset", "synthetic", "--synthetic-train", "300", "--synthetic-size", "8"]))
+    assert cfg.synthetic == {"n_train": 300, "image_size": 8}  # as train and evaluate spell it
+
+
+def test_readme_first_screen_is_install_main_job_and_tests():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## Set up", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0]
+                .strip()]
+    assert commands == ['pip install ".[dev]"', "dsara search --quick", "python -m pytest"]
+
+
+def test_help_and_a_typo_start_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from dsara.cli import main\n"
+            "try: main(['--help'])\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+    assert "search" in out.stdout and "transfer-matrix" in out.stdout
+
+
+def test_unknown_set_key_lists_both_and_suggests_the_closest(tmp_path, capsys):
+    assert main([*SEARCH, "--out", str(tmp_path / "s"), "--set", "lamda=0.2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown key 'lamda'; did you mean 'lam'?" in err, err
+    assert "search config keys:" in err and "keys of the space 'tiny':" in err
+    assert main(["train", *TRAIN, "--out", str(tmp_path / "t"), "--set", "bta=5"]) == 2
+    assert "unknown key 'bta'; did you mean 'beta'?" in capsys.readouterr().err
+
+
+def test_relative_data_root_is_stored_absolute_and_the_error_names_the_path(tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert main(["search", "--dataset", "cifar10", "--data-root", "data", "--out", "s"]) == 2
+    err = capsys.readouterr().err
+    assert f"cifar10 files not found under {tmp_path / 'data'} " in err, err
+    from dsara.cli import build_parser
+    from dsara.commands import train as train_cmd
+
+    args = build_parser(["train"]).parse_args(["train", "resnet_tiny", "--out", "t",
+                                               "--dataset", "cifar10", "--data-root", "data"])
+    assert train_cmd.build_config(args).data_root == str(tmp_path / "data")
+
+
+def test_the_quickstart_database_lock_is_ignored():
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    patterns = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    assert any(fnmatch("dsara.db.lock", p) for p in patterns), patterns

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import normalize_overrides
+from ..config import did_you_mean, normalize_overrides
+from ..data import absolute_root
+from ..errors import DsaraError
 from ..lock import BREAK_LOCK_HELP, break_lock
 from ..progress import lines_off
 from ..search import SearchConfig, load_search_config, run
+from ..space import load_space
 from ..tensorboard import for_run
 from .train import add_synthetic_options
 
@@ -46,9 +49,10 @@ OPTIONS = [
 ]
 # `--quick`: the main job in about a minute on a CPU, on the built-in synthetic data; flags and
 # --set still override it
-QUICK = {"space": "tiny", "dataset": "synthetic", "epochs": 6, "stage1_epochs": 3,
-         "pgd_steps": 3, "step_size": "3/255", "batch_size": 32, "out": "runs/quick",
-         "synthetic.n_train": 1024, "synthetic.n_test": 256, "synthetic.image_size": 16}
+QUICK = {"space": "tiny", "dataset": "synthetic", "epochs": 4, "stage1_epochs": 2,
+         "order": "first", "pgd_steps": 2, "step_size": "4/255", "batch_size": 32,
+         "out": "runs/quick", "synthetic.n_train": 512, "synthetic.n_test": 128,
+         "synthetic.image_size": 16}
 FLAGS = [
     ("--download", "download", "let torchvision download the dataset into --data-root"),
     ("--compile", "compile", "torch.compile the supernet"),
@@ -70,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=dest, action="store_true", default=S, help=text)
     add_synthetic_options(p)
     p.add_argument("--quick", action="store_true", help="the main job in about a minute on a "
-                   "CPU: the tiny space on the built-in synthetic data (1024 images of 16 px), 6 "
-                   "epochs of PGD-3, into runs/quick; other flags override it")
+                   "CPU: the tiny space on the built-in synthetic data (512 images of 16 px), 4 "
+                   "first-order epochs of PGD-2, into runs/quick; other flags override it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (lam=0.2, synthetic.n_train=512) or a search "
                    "space key (stages.2.width=1.5); repeatable. weight_method=NAME trains the "
@@ -101,18 +105,36 @@ def build_config(args) -> SearchConfig:
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     given = {dest: getattr(args, dest) for _, dest, *_ in OPTIONS + FLAGS if hasattr(args, dest)}
     given |= {k: v for k, v in vars(args).items() if k.startswith("synthetic.")}
+    if given.get("data_root"):
+        given["data_root"] = absolute_root(given["data_root"])
     overrides, space = ({k: v for k, v in QUICK.items() if not args.resume}
                         if getattr(args, "quick", False) else {}), {}
     for key, value in normalize_overrides(args.overrides).items():
         (overrides if key.split(".")[0] in fields else space)[key] = value
     overrides |= given
     cfg = load_search_config(args.config, overrides)
+    check_space_keys(space, cfg.space, fields)
     cfg.space_overrides = {**cfg.space_overrides, **space}  # flat dotted keys, applied to the space
     explicit = {k.split(".")[0] for k in overrides} | ({"space_overrides"} if space else set())
     cfg.explicit = explicit  # type: ignore[attr-defined]  # compared on --resume
     if args.resume:
         cfg.out = args.resume
     return cfg
+
+
+def check_space_keys(space: dict, space_name: str, fields: set[str]) -> None:
+    """A --set key that is neither a config field nor a key of the space: one line naming both
+    lists and the closest key."""
+    if not space:
+        return
+    known = set(load_space(space_name).raw)
+    for key in space:
+        top = key.split(".")[0]
+        if top not in known:
+            raise DsaraError(f"--set {key}: unknown key {top!r}"
+                             f"{did_you_mean(top, fields | known)}; search config keys: "
+                             f"{', '.join(sorted(fields))}; keys of the space {space_name!r}: "
+                             f"{', '.join(sorted(known))}")
 
 
 def cmd_search(args) -> int:

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from ..config import apply_overrides, read_toml
+from ..data import absolute_root
 from ..errors import Interrupted
 from ..lock import BREAK_LOCK_HELP, break_lock
 from ..tensorboard import for_run
@@ -142,6 +143,8 @@ def build_config(args):
     synthetic = {k: v for k, v in vars(args).items() if k.startswith("synthetic.")}
     raw = apply_overrides(raw, {**given, **synthetic, "arch": args.arch, "out": args.out})
     raw = apply_overrides(raw, args.overrides, "the --set overrides")
+    if isinstance(raw.get("data_root"), str):  # stored absolute: evaluate works from any folder
+        raw["data_root"] = absolute_root(raw["data_root"])
     return config_from_dict(raw)
 
 

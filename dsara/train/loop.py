@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..attacks import parse_eps, pgd
+from ..config import did_you_mean
 from ..data import DATASETS, Loader, SyntheticConfig, load_dataset, split_train
 from ..device import LAYOUTS, PRECISIONS, resolve_device, use_bf16, use_channels_last
 from ..errors import DsaraError, Interrupted
@@ -525,7 +526,8 @@ def config_from_dict(raw: dict[str, Any], where: str = "train config") -> TrainC
     raw = apply_recipe(raw)
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise DsaraError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+        raise DsaraError(f"{where}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], known)}; "
+                         f"known keys: {', '.join(known)}")
     for key in ("arch", "out"):
         if raw.get(key) in (None, ""):
             raise DsaraError(f"{where}: missing {key!r}")
