@@ -229,3 +229,21 @@ def test_a_claim_whose_answer_was_lost_is_found_by_its_retry(tmp_path, monkeypat
     trial = worker.claim(opened.study, opened.definition, st)
     assert trial.number == 0 and beats == [trial._trial_id] * 2
     assert [t.state for t in opened.study.get_trials()] == [TrialState.RUNNING]  # one, no orphan
+
+
+def test_a_result_whose_retry_another_worker_finished_is_reported_not_raised(storage,
+                                                                             monkeypatch):
+    """The retry was read as queued, then its worker took and finished it before our take."""
+    study = optuna.create_study(storage=storage, study_name="race", directions=["maximize"] * 2)
+    trial = study.ask()
+    storage.fail_for_retry(trial._trial_id)  # failed as stale by another worker
+    with claim_lock(storage, "race"):
+        requeue.sweep(study, max_retry=2)
+    queued = study.get_trials()[1]  # WAITING, as we read it
+    other = study.ask()  # the other worker takes the retry ...
+    study.tell(other, [0.5, 0.25])  # ... and finishes it from the last checkpoint
+    monkeypatch.setattr(requeue, "retry_of", lambda trials, number: queued)
+    logs = []
+    assert requeue.store_on_retry(study, trial, [0.5, 0.25], 2, logs.append) == "FAIL"
+    assert "values [0.5, 0.25] not stored; its retry, trial 1, is COMPLETE elsewhere" in logs[0]
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from .retry import no_retry, writing_as
@@ -120,11 +121,21 @@ def store_on_retry(study, trial, values: list[float], max_retry: int | None, log
     if stored:
         log(f"{head}; its result is stored on its retry, trial {copy.number}")
         return "COMPLETE"
-    where = (f"its retry, trial {copy.number}, is {copy.state.name} elsewhere and continues from "
-             "this trial's last checkpoint" if copy is not None else "it has no retry left "
+    if copy is not None:
+        copy = st.get_trial(copy._trial_id)  # its state now, for the message
+    where = (f"its retry, trial {copy.number}, is {copy.state.name} elsewhere (run from this "
+             "trial's last checkpoint)" if copy is not None else "it has no retry left "
              "(max_retry)")
     log(f"{head}: values {values} not stored; {where}")
     return "FAIL"
+
+
+def _take(st, trial_id: int) -> bool:
+    """WAITING -> RUNNING; False if another worker took it, or took and finished it, first."""
+    try:
+        return st.set_trial_state_values(trial_id, TrialState.RUNNING)
+    except UpdateFinishedTrialError:
+        return False
 
 
 def _take_and_tell(st, trial, copy, values: list[float], token: str) -> bool:
@@ -133,7 +144,7 @@ def _take_and_tell(st, trial, copy, values: list[float], token: str) -> bool:
     ours = token_of(st, copy._trial_id) == token
     if copy.state.is_finished():
         return ours and copy.state == TrialState.COMPLETE
-    if not ours and not st.set_trial_state_values(copy._trial_id, TrialState.RUNNING):
+    if not ours and not _take(st, copy._trial_id):
         return False
     frozen = st.get_trial(trial._trial_id)
     for key, value in frozen.user_attrs.items():
