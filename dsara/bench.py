@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, load_dataset, split_train
-from .device import resolve_device
+from .device import resolve_device, use_bf16
 from .errors import DsaraError
 from .files import write_text_atomic
 from .search import SearchConfig
@@ -64,6 +64,9 @@ class BenchConfig:
     partial_k: list[int] = field(default_factory=lambda: [1])  # optimized path, each K
     compile: bool = False  # torch.compile the optimized path's supernet
     precisions: list[str] = field(default_factory=lambda: ["auto"])  # optimized path, each
+    # alpha-gradient orders of the optimized path, each; the reference path is first order (plain
+    # DARTS code), so speed-ups are against the optimized first-order step
+    orders: list[str] = field(default_factory=lambda: ["first"])
     profile: int = 0  # > 0: torch.profiler's top N ops of one optimized step per stage
     stages: list[int] = field(default_factory=lambda: [1, 2])
     pgd_steps: int = 7  # reference: 7
@@ -80,7 +83,8 @@ class BenchConfig:
             raise DsaraError(f"stages must be 1 and/or 2, got {self.stages}")
         return self
 
-    def search_config(self, batch: int, partial_k: int, precision: str = "auto") -> SearchConfig:
+    def search_config(self, batch: int, partial_k: int, precision: str = "auto",
+                      order: str = "first") -> SearchConfig:
         space, image_size = SIZES[self.size]
         n = 2 * max(batch, 64)  # images per half; batches are drawn endlessly from it
         return SearchConfig(
@@ -88,7 +92,7 @@ class BenchConfig:
             synthetic={"n_train": 2 * n, "n_test": 16, "image_size": image_size},
             lr=0.025 * batch / BASE_BATCH, pgd_steps=self.pgd_steps, epochs=EPOCHS,
             device=self.device, compile=self.compile, seed=self.seed, precision=precision,
-            out="unused").validate()
+            order=order, out="unused").validate()
 
 
 # ----------------------------------------------------------------------------- the paths
@@ -110,10 +114,9 @@ class OptimizedStep:
         self.search.net.train()
         self.device = self.search.device
         self.train, self.val = _endless(self.search.train), _endless(self.search.val)
-        cuda = self.device.type == "cuda"
-        self.dtype = "bf16 autocast" if cfg.precision == "bf16" or (
-            cfg.precision == "auto" and cuda) else "fp32"
+        self.dtype = "bf16 autocast" if use_bf16(cfg.precision, self.device) else "fp32"
         self.layout = "channels_last" if self.search.train.channels_last else "NCHW"
+        self.order = cfg.order
 
     def __call__(self, stage: int) -> None:
         self.search.step(next(self.train), next(self.val), stage)
@@ -266,7 +269,7 @@ def _case(path, batch: int, k: int, stage: int, ms: list[float], peak, bc) -> di
     q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
     median = statistics.median(ms)
     return {"path": path.name, "batch": batch, "partial_k": k, "stage": stage,
-            "dtype": path.dtype, "layout": path.layout,
+            "dtype": path.dtype, "layout": path.layout, "order": getattr(path, "order", "first"),
             "compile": bc.compile and path.name == "optimized",
             "ms_median": median, "ms_q1": q[0], "ms_q3": q[2], "ms_mean": statistics.fmean(ms),
             "ms_std": statistics.stdev(ms) if len(ms) > 1 else 0.0,
@@ -367,8 +370,8 @@ def run_bench(bc: BenchConfig) -> dict[str, Any]:
     for batch in bc.batches:
         for k in bc.partial_k:
             cfg = bc.search_config(batch, k)
-            paths = [lambda c=bc.search_config(batch, k, p): OptimizedStep(c)
-                     for p in bc.precisions]
+            paths = [lambda c=bc.search_config(batch, k, p, o): OptimizedStep(c)
+                     for o in bc.orders for p in bc.precisions]
             if bc.reference and k == 1:
                 paths.append(lambda c=cfg: ReferenceStep(c, bc.workers))
             built = [make() for make in paths]
@@ -387,12 +390,13 @@ def summarize(cases: list[dict[str, Any]], bc: BenchConfig) -> list[dict[str, An
     """Per (batch, partial_k, optimized dtype): the speed-up over the reference per stage and
     the projected hours of a 50-epoch CIFAR-10 search of both paths."""
     out = []
-    keys = sorted({(c["batch"], c["partial_k"], c["dtype"]) for c in cases
+    keys = sorted({(c["batch"], c["partial_k"], c["dtype"], c["order"]) for c in cases
                    if c["path"] == "optimized"})
-    for batch, k, dtype in keys:
-        row: dict[str, Any] = {"batch": batch, "partial_k": k, "dtype": dtype}
-        picks = {"optimized": lambda c, d=dtype: c["path"] == "optimized" and c["dtype"] == d,
-                 "reference": lambda c: c["path"] == "reference"}
+    for batch, k, dtype, order in keys:
+        row: dict[str, Any] = {"batch": batch, "partial_k": k, "dtype": dtype, "order": order}
+        picks = {"optimized": lambda c, d=dtype, o=order: c["path"] == "optimized"
+                 and c["dtype"] == d and c["order"] == o,
+                 "reference": lambda c, o=order: c["path"] == "reference" and o == "first"}
         for path, pick in picks.items():
             ms = {c["stage"]: c["ms_median"] for c in cases
                   if pick(c) and (c["batch"], c["partial_k"]) == (batch, k)}
@@ -431,21 +435,23 @@ def markdown(report: dict[str, Any]) -> str:
              f"({report['space']} space, {report['image_size']}x{report['image_size']} inputs); "
              f"PGD-{bc['pgd_steps']}; {bc['steps']} timed steps after {bc['warmup']} warm-up; "
              "median (IQR).", "",
-             "| path | batch | K | stage | dtype | layout | ms/step | images/s | peak MiB | "
-             "saved act. MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| path | order | batch | K | stage | dtype | layout | ms/step | images/s | peak MiB | "
+             "saved act. MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["cases"]:
         peak = "n/a" if c["peak_mem_mb"] is None else f"{c['peak_mem_mb']:.0f}"
         name = c["path"] + (" +compile" if c["compile"] else "")
-        lines.append(f"| {name} | {c['batch']} | {c['partial_k']} | {c['stage']} | {c['dtype']} | "
+        lines.append(f"| {name} | {c.get('order', 'first')} | {c['batch']} | {c['partial_k']} | "
+                     f"{c['stage']} | {c['dtype']} | "
                      f"{c['layout']} | {c['ms_median']:.1f} ({c['ms_q1']:.1f}-{c['ms_q3']:.1f}) | "
                      f"{c['images_per_s']:.1f} | {peak} | {c['saved_activations_mb']:.1f} |")
-    lines += ["", f"| batch | K | optimized dtype | speed-up stage 1 | speed-up stage 2 | "
+    lines += ["", f"| batch | K | optimized dtype | order | speed-up stage 1 | speed-up stage 2 | "
               f"projected {EPOCHS}-epoch hours, optimized | ... reference |",
-              "|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|"]
     for r in report["summary"]:
         cells = [_fmt(r.get("speedup_stage1"), "x"), _fmt(r.get("speedup_stage2"), "x"),
                  _fmt(r["optimized_hours"], " h"), _fmt(r["reference_hours"], " h")]
-        lines.append(f"| {r['batch']} | {r['partial_k']} | {r['dtype']} | " + " | ".join(cells)
+        lines.append(f"| {r['batch']} | {r['partial_k']} | {r['dtype']} | "
+                     f"{r.get('order', 'first')} | " + " | ".join(cells)
                      + " |")
     lines += top_ops_lines(report["cases"], lambda c: f"batch {c['batch']} K {c['partial_k']} "
                            f"stage {c['stage']} {c['dtype']}")
@@ -484,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", type=int, action="append", help="1 and/or 2 (default both)")
     p.add_argument("--pgd-steps", type=int, default=7, help="PGD steps (default 7)")
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized supernet")
+    p.add_argument("--order", action="append", choices=["first", "second"],
+                   help="alpha-gradient order of the optimized path, repeatable; the orders are "
+                        "timed in turns in one run (default first: the reference path's)")
     p.add_argument("--precision", action="append", choices=["auto", "fp32", "bf16"],
                    help="optimized path's precision; repeatable to compare (default auto)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference path")
@@ -497,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     bc = BenchConfig(device=args.device, batches=args.batch or [32, 256], steps=args.steps,
                      warmup=args.warmup, size=args.size, partial_k=args.partial_k or [1],
                      compile=args.compile, precisions=args.precision or ["auto"],
+                     orders=args.order or ["first"],
                      profile=args.profile,
                      stages=args.stage or [1, 2],
                      pgd_steps=args.pgd_steps, reference=not args.no_reference,

@@ -11,6 +11,10 @@ Datasets, by name (`DATASETS`):
   to RGB and must all have one square size: nothing is resized, because resampling would silently
   change the pixels an eps-ball is measured in; resize the files beforehand instead.
 - ``synthetic``: built in and offline, see `make_synthetic`.
+- ``cifar10-16``: CIFAR-10 box-filtered to 16x16 (each output pixel the mean of a 2x2 block), a
+  *different dataset* from CIFAR-10 (as NAS-Bench-201's ImageNet16 is from ImageNet): cheap enough
+  for thousands of CPU search steps. ``ROOT/cifar10-16.npz``, written once by
+  ``scripts/downsample_cifar10.py`` (`write_downsampled`).
 
 `Loader` moves a split to its device once and draws every batch there: shuffling and augmentation
 (pad-4 random crop + horizontal flip, optionally Cutout) are tensor ops on that device, and every random draw is a pure
@@ -31,7 +35,9 @@ import torch.nn.functional as F
 
 from .errors import DsaraError
 
-DATASETS = ["cifar10", "cifar100", "svhn", "imagefolder", "synthetic"]
+DATASETS = ["cifar10", "cifar100", "svhn", "imagefolder", "synthetic", "cifar10-16"]
+# datasets stored as one ROOT/<name>.npz of NHWC uint8 arrays (`write_downsampled`)
+NPZ_DATASETS = {"cifar10-16": 10}
 
 # Per-channel statistics of [0, 1] pixels of the training splits (the usual published values).
 _KNOWN_STATS = {
@@ -170,6 +176,9 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
         num_classes = (synthetic or SyntheticConfig()).num_classes
     elif name == "imagefolder":
         train, test, num_classes = _load_imagefolder(_need_root(name, root))
+    elif name in NPZ_DATASETS:
+        train, test = _load_npz(name, _need_root(name, root))
+        num_classes = NPZ_DATASETS[name]
     else:
         train, test = _load_torchvision(name, _need_root(name, root), download)
         num_classes = _NUM_CLASSES[name]
@@ -243,6 +252,44 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> Im
     cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
     ds = cls(str(root), train=train, download=download)
     return _from_hwc(ds.data, ds.targets)
+
+
+def _load_npz(name: str, root: Path) -> tuple[ImageSet, ImageSet]:
+    path = root / f"{name}.npz"
+    if not path.is_file():
+        raise DsaraError(f"dataset {name!r} expects {path}; write it once with "
+                         f"scripts/downsample_cifar10.py SRC_DIR {root}")
+    with np.load(path, allow_pickle=False) as z:
+        return (_from_hwc(z["train_images"], z["train_labels"]),
+                _from_hwc(z["test_images"], z["test_labels"]))
+
+
+def box_downsample(images: np.ndarray, factor: int) -> np.ndarray:
+    """NHWC uint8 images shrunk by `factor` per side, each output pixel the rounded mean of a
+    factor x factor block (a box filter: no ringing, no pixels invented)."""
+    n, h, w, c = images.shape
+    if h % factor or w % factor:
+        raise DsaraError(f"images of {h}x{w} do not divide into {factor}x{factor} blocks")
+    blocks = images.reshape(n, h // factor, factor, w // factor, factor, c).astype(np.float64)
+    return np.rint(blocks.mean(axis=(2, 4))).astype(np.uint8)
+
+
+def write_downsampled(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], factor: int,
+                      note: str) -> Path:
+    """Write ``{split: (NHWC uint8 images, labels)}`` box-downsampled by `factor` to the file `out`
+    (atomically); refuses to overwrite an existing file."""
+    if out.exists():
+        raise DsaraError(f"{out} exists; it is written once (delete it to write it again)")
+    arrays = {"note": np.array(note)}
+    for split, (images, labels) in splits.items():
+        arrays[f"{split}_images"] = box_downsample(images, factor)
+        arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(out)
+    return out
 
 
 def _from_hwc(data: np.ndarray, labels) -> ImageSet:

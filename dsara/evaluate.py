@@ -185,6 +185,9 @@ class EvalReport:
     seconds: dict[str, float] = field(default_factory=dict)  # attack -> wall time
     meta: dict[str, Any] = field(default_factory=dict)  # model, checkpoint, dataset, device
     details: dict[str, Any] = field(default_factory=dict)  # dsara.suite: surrogates, detection
+    # attack -> one character per image, "1" = still correct: for paired comparisons (bootstrap
+    # over test images) and worst cases across evaluations
+    per_sample: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mode": "eval", "dtype": "float32"}
@@ -237,7 +240,13 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
     worst = torch.stack(list(per_sample.values())).all(0)
     n = len(data)
     return EvalReport(eps, n, {k: v.sum().item() / n for k, v in per_sample.items()},
-                      worst.sum().item() / n, seconds, dict(meta or {}, device=str(device)))
+                      worst.sum().item() / n, seconds, dict(meta or {}, device=str(device)),
+                      per_sample={k: bits(v) for k, v in per_sample.items()})
+
+
+def bits(correct: torch.Tensor) -> str:
+    """A boolean vector as a string of 0/1 characters (compact in JSON)."""
+    return "".join("1" if c else "0" for c in correct.tolist())
 
 
 # ----------------------------------------------------------------------------- sanity checks

@@ -182,33 +182,61 @@ def _concat(node, where) -> tuple[int, ...]:
 
 
 def derive(alphas: Mapping[str, torch.Tensor], ops: list[str], nodes: int,
-           edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:
+           edge_weights: Mapping[str, torch.Tensor] | None = None,
+           skip_cap: int | None = None, capped: tuple[str, ...] = ()) -> Genotype:
     """DARTS derivation: per node keep the 2 strongest incoming edges, each with its best op.
 
     Edge strength is the largest softmax weight of a non-`none` op on that edge, times the edge's
     weight where `edge_weights` gives one per edge (PC-DARTS: softmax(beta) over a node's inputs). A node's edges are
     listed strongest first, ties to the lower input (DARTS' stable `sorted`), as the published
     cells are written.
+
+    `skip_cap` (opt-in, None = off) is P-DARTS' architecture refinement (Chen et al., "Progressive
+    Differentiable Architecture Search", ICCV 2019, Sec. 3.3; their train_search.py
+    `delete_min_sk_prob`): while a cell of the types in `capped` derives more than `skip_cap`
+    skip connections, the smallest remaining skip_connect weight of that cell is set to 0 and the
+    cell is derived again. P-DARTS caps the normal cells at M = 2; a remedy for DARTS' collapse
+    to parameter-free ops, never the default.
     """
     cells = {}
-    none = ops.index("none") if "none" in ops else None
     for cell_type, alpha in alphas.items():
         w = torch.softmax(alpha.detach().float().cpu(), dim=-1)  # (edges, ops)
         if edge_weights is not None and cell_type in edge_weights:
             w = w * edge_weights[cell_type].detach().float().cpu()[:, None]
-        if none is not None:
-            w[:, none] = -1.0
-        edges, start = [], 0
-        for node in range(nodes):
-            n_in = node + 2
-            block = w[start: start + n_in]
-            best_w, best_op = block.max(dim=-1)
-            strength = best_w.tolist()
-            keep = sorted(range(n_in), key=lambda j: -strength[j])[:EDGES_PER_NODE]
-            edges += [(ops[int(best_op[j])], j) for j in keep]
-            start += n_in
-        cells[cell_type] = CellGenotype(tuple(edges), tuple(range(2, nodes + 2)))
+        cell = _derive_cell(w, ops, nodes)
+        if skip_cap is not None and cell_type in capped:
+            cell = _cap_skips(w, ops, nodes, skip_cap, cell)
+        cells[cell_type] = cell
     return Genotype(cells)
+
+
+def _derive_cell(w: torch.Tensor, ops: list[str], nodes: int) -> CellGenotype:
+    """One cell from its op weights `w` (edges, ops)."""
+    w = w.clone()
+    if "none" in ops:
+        w[:, ops.index("none")] = -1.0
+    edges, start = [], 0
+    for node in range(nodes):
+        n_in = node + 2
+        best_w, best_op = w[start: start + n_in].max(dim=-1)
+        strength = best_w.tolist()
+        keep = sorted(range(n_in), key=lambda j: -strength[j])[:EDGES_PER_NODE]
+        edges += [(ops[int(best_op[j])], j) for j in keep]
+        start += n_in
+    return CellGenotype(tuple(edges), tuple(range(2, nodes + 2)))
+
+
+def _cap_skips(w: torch.Tensor, ops: list[str], nodes: int, cap: int, cell: CellGenotype
+               ) -> CellGenotype:
+    if "skip_connect" not in ops:
+        return cell
+    skip, w = ops.index("skip_connect"), w.clone()
+    while sum(op == "skip_connect" for op, _ in cell.edges) > cap:
+        alive = w[:, skip] > 0
+        weakest = torch.where(alive, w[:, skip], torch.inf).argmin()
+        w[weakest, skip] = 0.0
+        cell = _derive_cell(w, ops, nodes)
+    return cell
 
 
 def n_edges(nodes: int) -> int:

@@ -169,9 +169,13 @@ class Supernet(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def genotype(self) -> Genotype:
+    def genotype(self, skip_cap: int | None = None) -> Genotype:
+        """The derived cells; `skip_cap`: P-DARTS' cap on skip connections in the normal (non-
+        reduction) cell types (genotype.derive)."""
         edges = {t: w.detach() for t, w in self.edge_weights().items()}
-        return derive(dict(self.alphas.items()), self.ops, self.macro.nodes, edges or None)
+        normal = tuple(t for t in self.alphas if t != self.macro.reduce_cell_type)
+        return derive(dict(self.alphas.items()), self.ops, self.macro.nodes, edges or None,
+                      skip_cap, normal)
 
 
 def build_supernet(space: SearchSpace, num_classes: int = 10, mean=None, std=None,

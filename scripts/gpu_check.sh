@@ -14,7 +14,10 @@
 #   4. training-step benchmark (ARNAS C=36 / 20 cells and ResNet-18, PGD-AT and TRADES with
 #      PGD-7 as the arnas recipe, batch 32 and 128, bf16
 #      and fp32 against the reference path) and one PGD-20 evaluation batch
-#   5. the GPU-only tests (pytest -m gpu: no host sync in the search and training steps)
+#   5. the GPU-only tests (pytest -m gpu: no host sync in the search and training steps; the
+#      unrolled alpha gradient with TF32 allowed elsewhere against float64, cosine >= 0.99)
+#   5b. bf16 vs fp32 alpha drift of a short search against a seed control
+#      (scripts/precision_check.py): the evidence `precision = auto` waits for (device.py)
 #   6. a 1-epoch search of the dsara proxy on the CIFAR-10 copy (--data: the folder with
 #      cifar10-jpeg-{train,test}.npz and make_cifar10.py, i.e. shared/data; skipped without it)
 # Every table goes into DIR (default runs/gpu_check) and into the generated sections of the page
@@ -46,14 +49,17 @@ if [ "$dry" = 1 ]; then
   compile_args=(--size small --batch 4 --steps 1 --warmup 0 --pgd-steps 1 --stage 2 --no-reference)
   train_args=(--size small --model resnet18 --method pgd-at --batch 4 --steps 1 --warmup 0
               --pgd-steps 1 --eval-steps 1 --precision fp32)
-  t_search=300 t_compile=300 t_train=300 t_tests=300 t_epoch=300
+  precision_args=(--space tiny --epochs 1 --n-train 64 --image-size 8 --batch 16 --pgd-steps 1)
+  t_search=300 t_compile=300 t_train=300 t_tests=300 t_epoch=300 t_precision=300
 else
   device=cuda
   search_args=(--size proxy --batch 32 --batch 256 --steps 20 --warmup 5 --profile 10)
   compile_args=(--size proxy --batch 256 --steps 20 --warmup 5 --compile --no-reference)
   train_args=(--size full --batch 32 --batch 128 --pgd-steps 7 --steps 5 --warmup 2 --precision auto --precision fp32
               --profile 10)
-  t_search=120 t_compile=90 t_train=150 t_tests=45 t_epoch=75  # 480 s at most, ~8 min
+  # the dsara proxy at 16 px for 4 epochs of 40 steps: alpha drift of bf16 vs fp32 vs seed
+  precision_args=(--space dsara --epochs 4 --n-train 2560 --image-size 16 --batch 32 --pgd-steps 3)
+  t_search=120 t_compile=90 t_train=150 t_tests=60 t_epoch=75 t_precision=90  # 585 s at most
 fi
 
 step() {  # step NAME TIMEOUT CMD...: run, log, record the outcome
@@ -85,8 +91,10 @@ step "search bench, compile" "$t_compile" "$PY" scripts/bench_search.py --device
   "${compile_args[@]}" --json "$out/search_compile.json" --markdown "$out/search_compile.md"
 step "train bench" "$t_train" "$PY" scripts/bench_train.py --device "$device" "${train_args[@]}" \
   --json "$out/train.json" --markdown "$out/train.md"
-step "GPU-only tests" "$t_tests" "$PY" -m pytest -m gpu -q -p no:cacheprovider tests \
+step "GPU-only tests" "$t_tests" "$PY" -m pytest -m gpu -q -s -p no:cacheprovider tests \
   --junitxml "$out/gpu_tests.xml"
+step "precision drift" "$t_precision" "$PY" scripts/precision_check.py --device "$device" \
+  "${precision_args[@]}" --json "$out/precision.json" --markdown "$out/precision.md"
 
 if [ "$dry" = 1 ]; then  # the toy search: synthetic images, seconds
   epoch_cmd=("$PY" -m dsara search --space tiny --dataset synthetic --set synthetic.n_train=128
@@ -108,7 +116,7 @@ fi
   cat "$out/device.md"; echo
   echo "Command: \`bash scripts/gpu_check.sh$([ "$dry" = 1 ] && echo ' --dry-run')\` ($(date -u +%Y-%m-%d))."
   echo; cat "$out/steps.md"; echo
-  for part in search search_compile train; do
+  for part in search search_compile train precision; do
     [ -f "$out/$part.md" ] && { echo "**$part**"; echo; cat "$out/$part.md"; echo; }
   done
   if [ -f "$out/gpu_tests.xml" ]; then
@@ -119,6 +127,7 @@ s = s if s.tag == "testsuite" else s.find("testsuite")
 print(f"GPU-only tests: {s.get('tests')} collected, {s.get('failures')} failed, "
       f"{s.get('errors')} errors, {s.get('skipped')} skipped.")
 EOF
+    grep -h "TF32-allowed unrolled alpha gradient" "$log" || true
     echo
   fi
   if [ -f "$out/search_epoch/metrics.jsonl" ]; then

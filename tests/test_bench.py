@@ -31,10 +31,23 @@ def test_cpu_smoke_run_reports_both_paths_and_the_ratio(tmp_path):
     for row in rows.values():
         assert row["speedup_stage1"] > 0 and row["speedup_stage2"] > 0
         assert row["optimized_hours"] > 0 and row["reference_hours"] > 0
-    assert "| optimized | 4 | 1 | 2 | fp32 |" in md.read_text()
+    assert "| optimized | first | 4 | 1 | 2 | fp32 |" in md.read_text()
     top = [c["top_ops"] for c in report["cases"] if "top_ops" in c]
     assert len(top) == 4 and all(len(t) == 4 for t in top)  # 2 precisions x 2 stages
     assert "Top ops of one optimized step: batch 4 K 1 stage 2 fp32" in md.read_text()
+
+
+def test_orders_are_timed_side_by_side_and_only_first_order_meets_the_reference(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["--device", "cpu", "--size", "small", "--batch", "4", "--steps", "1",
+                 "--warmup", "0", "--pgd-steps", "1", "--stage", "2", "--order", "second",
+                 "--order", "first", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    orders = {(c["path"], c["order"]) for c in report["cases"]}
+    assert orders == {("optimized", "second"), ("optimized", "first"), ("reference", "first")}
+    rows = {r["order"]: r for r in report["summary"]}
+    assert rows["first"]["speedup_stage2"] > 0 and rows["second"]["speedup_stage2"] is None
+    assert rows["second"]["optimized_hours"] > 0
 
 
 def test_projected_hours_by_hand():

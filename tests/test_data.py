@@ -276,12 +276,18 @@ def test_imagefolder_rejects_empty(tmp_path):
 # ----------------------------------------------------------------------------- errors
 
 def test_dataset_names_and_lazy_torchvision():
-    assert DATASETS == ["cifar10", "cifar100", "svhn", "imagefolder", "synthetic"]
+    assert DATASETS == ["cifar10", "cifar100", "svhn", "imagefolder", "synthetic", "cifar10-16"]
     with pytest.raises(DsaraError, match="unknown dataset 'mnist'; known datasets: cifar10, cifar100"):
         load_dataset("mnist")
     if "torchvision" not in sys.modules:  # only meaningful when nothing else imported it first
         load_dataset("synthetic", synthetic=SMALL)
         assert "torchvision" not in sys.modules
+
+
+def test_missing_downsampled_file_names_the_script(tmp_path):
+    with pytest.raises(DsaraError, match=r"expects .*cifar10-16\.npz; write it once with "
+                                         r"scripts/downsample_cifar10\.py"):
+        load_dataset("cifar10-16", root=tmp_path)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])

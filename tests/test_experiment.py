@@ -201,3 +201,38 @@ def test_cli_status_and_report(tmp_path, capsys):
     assert "<h1>Experiment s</h1>" in (tmp_path / "r.html").read_text()
     assert main(["experiment", "run", "nope", "--storage", storage]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
+
+
+def test_a_source_reusing_a_search_derives_its_alpha_again_with_the_skip_cap(tmp_path):
+    """P-DARTS' cap as an experiment source: the same finished search, cells derived again."""
+    import json
+
+    raw = smoke_raw()
+    raw["sources"] = {"dsara": {"kind": "dsara", "seeds": [0]},
+                      "capped": {"kind": "dsara", "reuse": "dsara", "seeds": [0],
+                                 "search": {"skip_cap": 0}}}
+    raw["retrain"]["epochs"] = 1
+    exp = experiment_from_dict(raw)
+    unit_capped = exp.units()[1]
+    with pytest.raises(RuntimeError, match="has not finished yet"):  # its search comes first
+        run_unit(exp, unit_capped, tmp_path / unit_capped.dir_name, None, lambda line: None)
+    out = [run_unit(exp, u, tmp_path / u.dir_name, None, lambda line: None)
+           for u in exp.units()]
+    capped = json.loads((tmp_path / "capped/seed-0/architecture.json").read_text())
+    for cell_type in ("accurate", "robust"):
+        assert all(op != "skip_connect" for op, _ in capped["genotype"][cell_type]["edges"])
+    assert capped["provenance"]["rederived"]["skip_cap"] == 0
+    assert out[1]["search"]["alpha_shift"] == out[0]["search"]["alpha_shift"]  # the same alpha
+    assert not (tmp_path / "capped/seed-0/search").exists()  # no second search
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"reuse": "nope"}, "must name a source that searches"),
+    ({"reuse": "dsara", "search": {"epochs": 3}}, "only derives again"),
+    ({"reuse": "dsara", "kind": "darts"}, "the same kind"),
+])
+def test_reuse_is_checked_at_create(change, says):
+    raw = smoke_raw()
+    raw["sources"]["capped"] = {"kind": "dsara", **change}
+    with pytest.raises(DsaraError, match=says):
+        experiment_from_dict(raw)

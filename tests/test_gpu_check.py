@@ -34,7 +34,7 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = (out / "steps.md").read_text()
     for name in ("search bench", "search bench, compile", "train bench", "GPU-only tests",
-                 "1-epoch search"):
+                 "precision drift", "1-epoch search"):
         assert f"| {name} | ok |" in steps, (steps, (out / "gpu_check.log").read_text()[-3000:])
     text = page.read_text()
     assert "<!-- gpu-check-dry-run:begin -->" in text and "Device: CPU" in text

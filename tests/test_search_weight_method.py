@@ -79,7 +79,8 @@ def test_iat_manifold_mixes_at_the_supernets_cell_boundaries(tmp_path):
 
 def test_weight_method_defaults_and_bad_values():
     assert SearchConfig().weight_method == "pgd-at"
-    cfg = load_search_config(None, ["weight_method=iat", "weight_method_options.alpha=0.5"])
+    cfg = load_search_config(None, ["order=first", "weight_method=iat",
+                                    "weight_method_options.alpha=0.5"])
     assert cfg.weight_method_options == {"alpha": 0.5}
     with pytest.raises(DsaraError, match="weight_method 'mart-ss' cannot train the supernet "
                                          r"\(it needs a run-level setup"):
@@ -87,13 +88,14 @@ def test_weight_method_defaults_and_bad_values():
     with pytest.raises(DsaraError, match="weight_method 'pgd' cannot train.*usable: pgd-at, trades"):
         load_search_config(None, ["weight_method=pgd"])
     with pytest.raises(DsaraError, match="unknown method option 'x' for bang"):
-        load_search_config(None, ["weight_method=bang", "weight_method_options.x=1"])
+        load_search_config(None, ["order=first", "weight_method=bang",
+                                  "weight_method_options.x=1"])
 
 
 def test_a_study_can_sweep_the_weight_method():
     from dsara.study.definition import definition_from_dict
 
-    raw = {"search": {"space": "tiny", "dataset": "synthetic", "epochs": 1},
+    raw = {"search": {"space": "tiny", "dataset": "synthetic", "epochs": 1, "order": "first"},
            "params": {"weight_method": {"type": "categorical", "choices": ["pgd-at", "trades"]}},
            "objective": {"kind": "supernet", "metrics": ["pgd_acc"]}, "sampler": {"kind": "tpe"}}
     d = definition_from_dict(raw)

@@ -37,13 +37,15 @@ OPTIONS = [
     ("--pgd-steps", "pgd_steps", int, "PGD steps (default 7)"),
     ("--lam", "lam", float, "weight lambda of the adversarial loss in stage 2 (default 0.1)"),
     ("--combine", "combine", str, "stage-2 combination: mgda (min-norm) | sum (default mgda)"),
-    ("--order", "order", str, "alpha gradient: first | second (unrolled) (default first)"),
+    ("--order", "order", str, "alpha gradient: second (unrolled, the authors' only one) | first "
+     "(the cheaper approximation: no unrolled step) (default second)"),
     ("--partial-k", "partial_k", int, "PC-DARTS: 1/K of the channels through each mixed op, "
      "plus edge normalization beta; C and every stage's channels must divide by K (default 1: "
      "plain DARTS)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N (default auto)"),
-    ("--precision", "precision", str, "auto (bf16 autocast on CUDA) | fp32 | bf16"),
+    ("--precision", "precision", str, "auto (fp32 until bf16 is shown equal on a GPU) | fp32 | "
+     "bf16 (the fast path: bf16 autocast; the unrolled passes stay fp32)"),
     ("--channels-last", "channels_last", str, "auto (on CUDA) | on | off"),
     ("--out", "out", str, "run directory (default runs/search)"),
 ]

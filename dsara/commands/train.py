@@ -83,7 +83,8 @@ OPTIONS = [
      "(default 4)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--device", "device", str, "auto | cpu | cuda | cuda:N (default auto)"),
-    ("--precision", "precision", str, "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16; "
+    ("--precision", "precision", str, "auto (fp32 until bf16 is shown "
+     "equal on a GPU) | fp32 | bf16 (the fast path); a recipe sets its authors' precision; "
      "validation and evaluation always run fp32"),
     ("--channels-last", "channels_last", str, "auto (on CUDA) | on | off"),
 ]

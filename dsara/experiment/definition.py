@@ -28,11 +28,18 @@ evaluated how. A definition is a TOML file in `experiments/` (usable by name) or
     [retrain]                  # TrainConfig fields: one recipe for every architecture
     epochs = 200
 
+    [criteria]                 # when the run can answer its question (judge.py; defaults shown)
+    alpha_moved = 50           # max |delta alpha| >= 50 x alpha_init_std in every cell type
+    min_clean = 0.40           # every retrained network on the test subset ...
+    min_pgd20 = 0.20           # ... far from chance
+    min_n_test = 2000
+    min_autoattack_n = 500
+
     [evaluate]
     attacks = ["clean", "pgd20", "cw"]
     eps = "8/255"
     n_test = 10000             # seeded, class-stratified subset of the test split (same for all)
-    autoattack_n = 1000        # AutoAttack on a fixed subset of those; 0 = skip
+    autoattack_n = 1000        # AutoAttack on a fixed subset of those (default 1000); 0 = skip
 
 Every (source, seed) pair -- (source, seed, cell) for random cells -- is one *unit*: search if the
 source needs one, derive, retrain at the parameter budget, evaluate on the test split.
@@ -50,6 +57,7 @@ from typing import Any
 from ..config import Fields, read_toml
 from ..errors import DsaraError
 from ..space import data_dirs
+from .judge import Criteria, criteria_from_dict
 
 # kind -> SearchConfig changes that make it (None: the source does not search)
 SEARCHING = {
@@ -59,7 +67,9 @@ SEARCHING = {
     "darts": {"stage1": "all", "pgd_steps": 0},  # clean DARTS: weights and alpha on clean CE
 }
 KINDS = (*SEARCHING, "random", "published", "baseline")
+DERIVATION_ONLY = {"skip_cap"}  # SearchConfig fields that change the derived cells, not the search
 DEFAULT_ATTACKS = ("clean", "pgd20", "cw")
+DEFAULT_AUTOATTACK_N = 1000
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,9 @@ class Source:
     cell: str = ""  # published: built-in cell name
     model: str = ""  # baseline: registry name
     search: dict[str, Any] = field(default_factory=dict)  # extra SearchConfig fields
+    # another searching source whose searches (same seeds) this one derives again with its own
+    # derivation options (search.skip_cap) instead of searching: the same alpha, other cells
+    reuse: str = ""
 
     @property
     def searches(self) -> bool:
@@ -106,7 +119,9 @@ class Evaluation:
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     eps: str = "8/255"  # L-inf radius, [0, 1] pixel units
     n_test: int | None = None  # test images (seeded, class-stratified); None: the whole split
-    autoattack_n: int = 0  # images of the AutoAttack subset (a subset of the n_test); 0: none
+    # images of the AutoAttack subset (a subset of the n_test); 0: none. On by default: the
+    # first 1,000 (or all n_test) images, so that the worst case includes AutoAttack
+    autoattack_n: int = DEFAULT_AUTOATTACK_N
     batch_size: int = 256
     seed: int = 0  # which test subset and the attacks' random starts: one for every unit
 
@@ -122,6 +137,7 @@ class Experiment:
     params: int | None = None
     cells: int | None = None
     max_retry: int = 2
+    criteria: Criteria = field(default_factory=Criteria)  # when the run can answer (judge.py)
     description: str = ""
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -224,6 +240,7 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "experiment") -> Expe
         params=None if params is None else parse_params(params),
         cells=f.get("cells", int, None, check=lambda v: v >= 1, hint="cells must be >= 1"),
         max_retry=f.get("max_retry", int, 2, check=lambda v: v >= 0, hint="must be >= 0"),
+        criteria=criteria_from_dict(f.get("criteria", dict, {}), f"{where} [criteria]"),
         description=f.get("description", str, ""),
         source=where,
         raw=raw,
@@ -257,8 +274,12 @@ def _source(name: str, table: Any, seeds: tuple[int, ...], where: str) -> Source
         count=f.get("count", int, 1, check=lambda v: v >= 1, hint="count must be >= 1"),
         cell=f.get("cell", str, ""), model=f.get("model", str, ""),
         search=dict(f.get("search", dict, {})),
+        reuse=f.get("reuse", str, ""),
     )
     f.finish()
+    if s.reuse and set(s.search) - DERIVATION_ONLY:
+        raise DsaraError(f"{where}: a source that reuses {s.reuse!r}'s searches only derives "
+                         f"again; its search table may set {', '.join(sorted(DERIVATION_ONLY))}")
     needs = {"published": "cell", "baseline": "model"}.get(kind)
     if needs and not getattr(s, needs):
         raise DsaraError(f"{where}: a {kind} source needs {needs} = \"...\"")
@@ -275,11 +296,14 @@ def _evaluation(table: Any, where: str) -> Evaluation:
         attacks=tuple(parse_attacks(f.get("attacks", list, list(DEFAULT_ATTACKS)))),
         eps=str(f.get("eps", (str, float, int), "8/255")),
         n_test=f.get("n_test", int, None, check=lambda v: v >= 10, hint="n_test must be >= 10"),
-        autoattack_n=f.get("autoattack_n", int, 0, check=lambda v: v >= 0, hint="must be >= 0"),
+        autoattack_n=f.get("autoattack_n", int, None, check=lambda v: v >= 0,
+                           hint="must be >= 0"),
         batch_size=f.get("batch_size", int, 256, check=lambda v: v >= 1, hint="must be >= 1"),
         seed=f.get("seed", int, 0),
     )
     f.finish()
+    if ev.autoattack_n is None:  # on by default, capped by the test subset
+        ev.autoattack_n = min(DEFAULT_AUTOATTACK_N, ev.n_test or DEFAULT_AUTOATTACK_N)
     if "autoattack" in ev.attacks:
         raise DsaraError(f"{where}: AutoAttack runs on its own subset: set autoattack_n instead "
                          "of listing it in attacks")
@@ -293,6 +317,20 @@ def _evaluation(table: Any, where: str) -> Evaluation:
     return ev
 
 
+def _check_reuse(exp: Experiment, s: Source, where: str) -> None:
+    names = list(exp.sources)
+    other = exp.sources.get(s.reuse)
+    if other is None or not other.searches or other.reuse:
+        raise DsaraError(f"{where}: reuse = {s.reuse!r} must name a source that searches itself; "
+                         f"sources: {', '.join(names)}")
+    if other.kind != s.kind or not set(s.seeds) <= set(other.seeds):
+        raise DsaraError(f"{where}: reuse needs the same kind ({other.kind}) and seeds among "
+                         f"{list(other.seeds)}")
+    if names.index(s.reuse) > names.index(s.name):
+        raise DsaraError(f"{where}: declare [sources.{s.reuse}] before it, so that its searches "
+                         "come first in the units' order")
+
+
 def _check_configs(exp: Experiment) -> None:
     """Build every source's configs now: a typo fails at create, not after hours of runs."""
     from ..attacks import parse_eps
@@ -302,6 +340,8 @@ def _check_configs(exp: Experiment) -> None:
     parse_eps(exp.evaluation.eps)
     for s in exp.sources.values():
         where = f"{exp.source} [sources.{s.name}]"
+        if s.reuse:
+            _check_reuse(exp, s, where)
         arch = {"published": s.cell, "baseline": s.model}.get(s.kind, "ARNAS")
         if s.searches:
             exp.search_config(s, s.seeds[0], "probe", None)

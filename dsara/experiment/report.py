@@ -18,8 +18,19 @@ import pandas as pd
 
 from ..study.report import markdown
 from .definition import SEARCHING
+from .judge import check_runs, compare_sources, verdict
 
 METRICS = {"clean": "clean", "pgd20": "PGD-20", "cw": "CW", "autoattack": "AutoAttack"}
+
+
+WORST = "worst case %"  # per sample over every attack, AutoAttack included where it ran
+
+
+def worst_case(r: dict[str, Any]) -> float | None:
+    """A unit's worst case per sample: over every attack and AutoAttack on the AutoAttack subset
+    when AutoAttack ran, else over the attacks of the test subset (None: not recorded)."""
+    aa = r.get("worst_case_autoattack")
+    return r.get("worst_case") if aa is None else aa
 
 
 def results(study) -> list[dict[str, Any]]:
@@ -62,6 +73,7 @@ def source_table(rows: list[dict[str, Any]], order: list[str]) -> pd.DataFrame:
         row = {"source": name, "kind": mine[0]["kind"], "runs": len(mine)}
         for m in metrics:
             row[f"{METRICS[m]} %"] = _mean_std([r["accuracy"][m] for r in mine if m in r["accuracy"]])
+        row[WORST] = _mean_std([w for w in map(worst_case, mine) if w is not None])
         row["params (M)"] = _mean_std([r["params"] for r in mine], scale=1e-6, digits=3)
         row[_hours_label(rows)] = _mean_std([sum(r["seconds"].values()) for r in mine],
                                             scale=1 / 3600, digits=3)
@@ -106,6 +118,8 @@ def diagnostics_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
             "param-free kept edges": " / ".join(str((d.get("param_free") or {}).get(t, ""))
                                                 for t in kinds),
             "γ* mean": "" if d.get("gamma_mean") is None else f"{d['gamma_mean']:.3f}",
+            "α entropy (nats)": " / ".join(f"{(d.get('alpha_entropy') or {}).get(t, float('nan')):.3f}"
+                                           for t in kinds),
             "cell types": " / ".join(kinds),
         })
     return pd.DataFrame(table)
@@ -119,9 +133,52 @@ def units_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
                                      for m in metrics if m in r["accuracy"]}}
         if r.get("autoattack_subset_clean") is not None:  # AutoAttack's own clean baseline
             row["clean % (AutoAttack subset)"] = round(100 * r["autoattack_subset_clean"], 2)
+        if worst_case(r) is not None:
+            row[WORST] = round(100 * worst_case(r), 2)
         row |= {"params": r["params"], "wall h": round(sum(r["seconds"].values()) / 3600, 3)}
         table.append(row)
     return pd.DataFrame(table)
+
+
+BOOTSTRAP_METRICS = {"clean": "clean", "pgd20": "PGD-20", "worst": "worst case (test subset)"}
+
+
+def judgement(exp, rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
+    """The run's self-judgement: each criterion of the definition, the verdict, and the paired
+    bootstrap of every searching source against the random cells (judge.py)."""
+    std = float(exp.search.get("alpha_init_std", 1e-3))
+    checks = check_runs(rows, exp.criteria, std, planned)
+    searching = [n for n, s in exp.sources.items() if s.searches]
+    return {"checks": checks, "verdict": verdict(checks),
+            "comparisons": compare_sources(rows, searching, list(BOOTSTRAP_METRICS),
+                                           exp.criteria)}
+
+
+def judgement_markdown(j: dict[str, Any]) -> list[str]:
+    lines = ["\n## Can this run answer its question?\n", f"**Verdict: {j['verdict']}.**\n",
+             "| criterion | held | what the results show |", "|---|---|---|"]
+    lines += [f"| {c.criterion} | {'yes' if c.held else '**no**'} | {c.detail} |"
+              for c in j["checks"]]
+    if j["comparisons"]:
+        first = j["comparisons"][0]
+        lines += ["", "\n## Searched minus random: paired bootstrap 95% intervals\n",
+                  f"Percentage points; {first['resamples']} resamples of the {first['images']} "
+                  "test images (paired: the same draw for every unit), the searched runs and the "
+                  "random cells. An interval that contains 0 reads \"no detectable difference at "
+                  "this size\". The best-random interval is indicative (a max under the "
+                  "bootstrap is biased).\n",
+                  "| source | metric | runs | random cells | − mean random | 95% interval | "
+                  "reading | − best random | 95% interval | reading |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in j["comparisons"]:
+            cells = []
+            for key in ("vs_mean", "vs_best"):
+                v = c[key]
+                cells += [f"{100 * v['estimate']:+.1f}",
+                          f"[{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]", v["reading"]]
+            lines.append(f"| {c['source']} | {BOOTSTRAP_METRICS[c['metric']]} | "
+                         f"{c['searched_runs']} | {c['random_cells']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def report_markdown(name: str, exp, rows: list[dict[str, Any]], states: dict[str, str]) -> str:
@@ -130,8 +187,11 @@ def report_markdown(name: str, exp, rows: list[dict[str, Any]], states: dict[str
     head = (f"# Experiment {name}\n\n{exp.description}\n\nUnits: {done} of {len(states)} "
             f"complete. Test subset: {rows[0]['n_test'] if rows else ev.n_test} images "
             f"(seeded, class-stratified; AutoAttack on {ev.autoattack_n}), eps {ev.eps}. "
-            "Accuracies in %, mean ± std over runs.\n")
-    parts = [head, "## By source\n", markdown(source_table(rows, list(exp.sources)))]
+            "Accuracies in %, mean ± std over runs. Worst case: per image, correct under every "
+            "attack" + (" and AutoAttack, on the AutoAttack subset" if ev.autoattack_n else "")
+            + ".\n")
+    parts = [head, *judgement_markdown(judgement(exp, rows, len(states))),
+             "\n## By source\n", markdown(source_table(rows, list(exp.sources)))]
     vs = versus_random(rows)
     if not vs.empty:
         parts += ["\n## Searched minus best random (percentage points)\n", markdown(vs)]

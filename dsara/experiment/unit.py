@@ -55,6 +55,9 @@ def run_unit(exp: Experiment, unit: Unit, unit_dir: Path, data_root: str | None,
         "worst_case": evaluation["worst_case"], "n_test": evaluation["n"],
         "autoattack_n": evaluation.get("autoattack_n", 0),
         "autoattack_subset_clean": evaluation.get("autoattack_subset_clean"),
+        # worst case per sample over every attack and AutoAttack, on the AutoAttack subset
+        "worst_case_autoattack": evaluation.get("worst_case_autoattack"),
+        "per_sample": evaluation.get("per_sample", {}),  # attack -> "0110..." (paired bootstrap)
         "params": evaluation["params"],
         "device": evaluation["device"], "search": diagnostics, "resumed_train_epoch": resumed,
         "seconds": {"search": search_s, "train": sum(r["time_s"] for r in result.history),
@@ -76,7 +79,41 @@ def architecture(exp: Experiment, source: Source, unit: Unit, unit_dir: Path,
         space = exp.search.get("space", "dsara")
         arch = sample_architectures(space, source.count, unit.seed)[unit.index]
         return str(save_architecture(arch, unit_dir / "architecture.json")), {}, 0.0
+    if source.reuse:
+        return rederive(exp, source, unit, unit_dir, log)
     return search(exp, source, unit, unit_dir / "search", data_root, log, stop)
+
+
+def rederive(exp: Experiment, source: Source, unit: Unit, unit_dir: Path, log: Log
+             ) -> tuple[str, dict, float]:
+    """Derive the finished search of `source.reuse` at this seed again with this source's
+    derivation options (skip_cap): the same alpha, cells derived another way."""
+    from ..archfile import Architecture, load_architecture, save_architecture
+    from ..search.config import from_saved
+    from ..space import load_space
+    from ..supernet import build_supernet
+
+    run_dir = unit_dir.parents[1] / source.reuse / f"seed-{unit.seed}" / "search"
+    ckpt = run_dir / "checkpoint.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt.is_file() else None
+    cfg = from_saved(state["config"], str(ckpt)) if state else None
+    if cfg is None or state["epoch"] < cfg.epochs:
+        raise RuntimeError(f"{unit.key} derives the search of {source.reuse}/s{unit.seed} again, "
+                           "which has not finished yet; it runs once that unit has searched")
+    skip_cap = source.search.get("skip_cap")
+    searched = load_architecture(run_dir / "architecture.json")
+    net = build_supernet(load_space(cfg.space, cfg.space_overrides),
+                         searched.macro.num_classes, partial_k=cfg.partial_k)
+    arch_keys = {k for k in state["model"] if k.startswith(("alphas.", "edge_betas."))}
+    net.load_state_dict({k: state["model"][k] for k in arch_keys}, strict=False)
+    genotype = net.genotype(skip_cap)
+    prov = {**searched.provenance, "rederived": {"from": str(run_dir), "skip_cap": skip_cap}}
+    arch = Architecture(genotype, searched.macro, prov).validate()
+    log(f"  {unit.key}: {source.reuse}/s{unit.seed}'s alpha derived with skip_cap = {skip_cap}")
+    final = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    final["param_free"] = {t: c.parameter_free() for t, c in genotype.cells.items()}
+    return (str(save_architecture(arch, unit_dir / "architecture.json")),
+            diagnostics(run_dir, final), 0.0)
 
 
 def search(exp, source, unit, run_dir: Path, data_root, log, stop) -> tuple[str, dict, float]:
@@ -126,6 +163,16 @@ def _epochs_done(train_dir: Path) -> int:
 
 # ----------------------------------------------------------------------------- evaluation
 
+def worst_with_autoattack(evaluation: dict[str, Any], aa_record: dict[str, Any]) -> float:
+    """Worst case per sample over every attack and AutoAttack, on the AutoAttack subset: an image
+    counts if it withstood all of the subset's attacks and AutoAttack."""
+    positions = aa_record.get("indices") or range(aa_record["n"])
+    aa = evaluation["per_sample"]["autoattack"]
+    others = [v for k, v in evaluation["per_sample"].items() if k != "autoattack"]
+    held = [aa[j] == "1" and all(o[i] == "1" for o in others) for j, i in enumerate(positions)]
+    return sum(held) / len(held)
+
+
 def eval_subset(test: ImageSet, n: int | None, seed: int) -> tuple[ImageSet, dict[str, Any]]:
     """A seeded, class-stratified subset of `n` test images (all of them for None) and the record
     of which, for the unit's evaluation.json."""
@@ -165,6 +212,8 @@ def evaluate_unit(exp: Experiment, train_dir: Path, out: Path, data_root: str | 
         out_d["seconds"]["autoattack"] = aa.seconds["autoattack"]
         out_d["autoattack_n"] = aa.n
         out_d["autoattack_subset_clean"] = aa.accuracy["clean"]  # AutoAttack's own baseline
+        out_d["per_sample"]["autoattack"] = aa.per_sample["autoattack"]
+        out_d["worst_case_autoattack"] = worst_with_autoattack(out_d, aa_record)
         log(f"  AutoAttack on {aa.n} images: {100 * aa.accuracy['autoattack']:.1f}% (clean on "
             f"them {100 * aa.accuracy['clean']:.1f}%)")
     out_d["wall_s"] = time.perf_counter() - t0

@@ -1,10 +1,14 @@
 """The search configuration: one typed dataclass, the single source of truth for a search.
 
 Defaults are the reference hyper-parameters of the DSARA authors' code (DESIGN.md, "Two-stage
-search"), except that first-order updates are the cheap default (second-order is `order="second"`)
-and that stage 1 runs for the authors' described 21 of 50 epochs, which their released code
-disables (`stage1_epochs=0` reproduces the released code).
-A config is saved as `config.json` in the run directory and re-read on `--resume`.
+search"): second-order (unrolled) alpha updates, the only ones their code implements (first order
+is the named, cheaper option `order="first"`); their learning-rate schedule (the cosine scheduler
+stepped at the start of each epoch, so epoch e trains at the cosine value of e + 1); fp32. One
+deliberate addition: stage 1 runs for the authors' described 21 of 50 epochs, which their released
+code disables (`stage1_epochs=0` reproduces the released code).
+A config is saved as `config.json` in the run directory and re-read on `--resume`; a config saved
+before a field existed gets the value the older code used (`LEGACY`), so an old run resumes as it
+began.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ class SearchConfig:
     # weights: SGD, cosine schedule (reference)
     lr: float = 0.025  # learning rate at batch 32, cosine-annealed to lr_min
     lr_min: float = 0.001
+    # epoch e (0-based) trains at the cosine value of e + lr_epoch_offset: 1 = the authors' (their
+    # train_search.py L114-116 steps the scheduler at the start of each epoch, so the first epoch
+    # already trains below lr and the last at lr_min); 0 = the textbook (first epoch at lr)
+    lr_epoch_offset: int = 1
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float = 5.0  # max global L2 norm of the weight gradient
@@ -59,7 +67,9 @@ class SearchConfig:
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     alpha_init_std: float = 1e-3  # alpha ~ alpha_init_std * N(0, 1)
-    order: str = "first"  # first | second (unrolled, finite-difference Hessian-vector product)
+    # second: the unrolled update (finite-difference Hessian-vector product), the authors' only
+    # one (README of fyqsama/ARNAS); first: the cheaper approximation (no unrolled weight step)
+    order: str = "second"
 
     # inner maximization: L-inf PGD with random start (reference: 8/255, 2/255, 7 steps)
     eps: float = 8 / 255  # radius in [0, 1] pixel units
@@ -73,6 +83,12 @@ class SearchConfig:
     weight_method_options: dict[str, Any] = field(default_factory=dict)  # its method_options
     weight_beta: float = 6.0  # TRADES / MART beta of the weight step
 
+    # derivation, opt-in remedy for collapse to parameter-free ops (None = off, the authors'):
+    # P-DARTS' architecture refinement (Chen et al., ICCV 2019) keeps at most this many
+    # skip_connect ops in each normal (non-reduction) cell type, re-deriving after zeroing the
+    # weakest skip weight; P-DARTS uses 2. Only the derived cells change, not the search.
+    skip_cap: int | None = None
+
     # the two-stage objective
     lam: float = 0.1  # weight of the adversarial loss in stage 2 (reference lambda)
     combine: str = "mgda"  # mgda (min-norm of g_nat, lam * g_adv) | sum (ablation)
@@ -80,7 +96,9 @@ class SearchConfig:
     # execution
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    # auto = fp32 until bf16 is shown equal on a GPU (device.AUTO_BF16_SHOWN) | fp32 | bf16 (the
+    # fast path: bf16 autocast for PGD and the forward passes; the unrolled passes stay fp32)
+    precision: str = "auto"
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet
     # data-parallel runs (torchrun) only: BatchNorm over the global batch instead of each rank's
@@ -107,8 +125,12 @@ class SearchConfig:
             (self.pgd_steps >= 0, f"pgd_steps must be >= 0, got {self.pgd_steps}"),
             (self.lam >= 0, f"lam must be >= 0, got {self.lam}"),
             (self.lr > 0 and self.lr_min >= 0, "lr must be > 0 and lr_min >= 0"),
+            (self.lr_epoch_offset in (0, 1), f"lr_epoch_offset must be 0 or 1, got "
+             f"{self.lr_epoch_offset}"),
             (self.arch_lr >= 0, "arch_lr must be >= 0"),
             (self.partial_k >= 1, f"partial_k must be >= 1, got {self.partial_k}"),
+            (self.skip_cap is None or self.skip_cap >= 0, f"skip_cap must be >= 0, got "
+             f"{self.skip_cap}"),
             (self.combine in ("mgda", "sum"), f"combine must be mgda or sum, got "
              f"{self.combine!r}"),
             (self.order in ("first", "second"), f"order must be first or second, got "
@@ -123,7 +145,20 @@ class SearchConfig:
         from .weight_method import check_weight_method
 
         check_weight_method(self.weight_method, self.weight_method_options)
+        self._check_inner_step()
         return self
+
+    def _check_inner_step(self) -> None:
+        """Refuse, before any work, weight-step settings that cannot run or that the second-order
+        update would model wrongly."""
+        if self.weight_method == "fgsm-rs" and self.pgd_steps != 1:
+            raise DsaraError(f"weight_method fgsm-rs takes exactly one attack step, but pgd_steps "
+                             f"= {self.pgd_steps}; add --set pgd_steps=1 (and a step_size such "
+                             "as 10/255)")
+        if self.order == "second" and self.weight_method != "pgd-at":
+            raise DsaraError(f"order = second models the inner weight step as SGD on the PGD-AT "
+                             f"loss, but weight_method = {self.weight_method!r} takes another "
+                             "step; use --order first with it, or weight_method pgd-at")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -142,6 +177,11 @@ class SearchConfig:
         return cls(**kw).validate()
 
 
+def from_saved(raw: dict[str, Any], where: str) -> SearchConfig:
+    """A run directory's saved config, with every field it predates set to what built it."""
+    return SearchConfig.from_dict({**LEGACY, **raw}, where)
+
+
 def default_stage1(epochs: int) -> int:
     """Stage-1 epochs of the authors' two-stage schedule: 21 of 50 (their `epoch <= 20` branch),
     kept as the same share (42%) of another epoch count, rounded half up: 10 -> 4, 20 -> 8."""
@@ -150,7 +190,10 @@ def default_stage1(epochs: int) -> int:
 
 _FLOATS = {"arch_fraction", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
            "arch_weight_decay", "alpha_init_std", "lam", "weight_beta"}
-_INTS = {"partial_k", "data_seed", "epochs", "batch_size", "seed", "pgd_steps"}
+_INTS = {"partial_k", "data_seed", "epochs", "batch_size", "seed", "pgd_steps", "lr_epoch_offset"}
+
+# What a config saved before a field existed ran with (`from_saved`): the value the older code used.
+LEGACY = {"lr_epoch_offset": 0}
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
@@ -160,8 +203,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return parse_eps(value)
         if name in _FLOATS:
             return float(value)
-        if name in _INTS or name in ("stage1_epochs", "max_steps"):
-            if value is None and name in ("stage1_epochs", "max_steps"):
+        if name in _INTS or name in ("stage1_epochs", "max_steps", "skip_cap"):
+            if value is None and name in ("stage1_epochs", "max_steps", "skip_cap"):
                 return None
             if isinstance(value, bool) or float(value) != int(value):
                 raise ValueError

@@ -36,9 +36,9 @@ from ..progress import Pace, bar, duration, rate_text, write
 from ..space import SearchSpace, load_space
 from ..supernet import Supernet, check_partial_k
 from . import distributed
-from .config import SearchConfig
+from .config import SearchConfig, from_saved
 from .distributed import Dist
-from .resume import check_device, rng_state, set_rng_state
+from .resume import check_device, legacy_precision, rng_state, set_rng_state
 from .rundir import RunDir
 from .steps import adversarial, arch_step, make_unrolled, weight_step
 
@@ -99,8 +99,6 @@ class Search:
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), cfg.arch_lr,
                                       betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay,
                                       **opt_kw)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs,
-                                                                eta_min=cfg.lr_min)
         bf16 = use_bf16(cfg.precision, self.device)
         self.amp = lambda: torch.autocast(self.device.type, torch.bfloat16, enabled=bf16)
         self.steps = min(len(self.train), len(self.val), cfg.max_steps or math.inf)
@@ -109,6 +107,9 @@ class Search:
     def epoch(self, epoch: int, progress: Callable[[int, int], None]) -> dict[str, Any]:
         stage = 1 if epoch < self.cfg.stage1 else 2
         self.net.train()
+        lr = search_lr(self.cfg, epoch)
+        for group in self.w_opt.param_groups:
+            group["lr"] = lr
         totals: dict[str, torch.Tensor] = {}
         start = time.perf_counter()
         batches = zip(self.train.epoch(epoch), self.val.epoch(epoch))
@@ -119,8 +120,6 @@ class Search:
             for k, v in stats.items():
                 totals[k] = totals[k] + v.float() if k in totals else v.float()
             progress(step + 1, self.steps)
-        lr = self.w_opt.param_groups[0]["lr"]
-        self.sched.step()
         self.dist.check_same(self.model.arch_parameters(), "alpha")
         seconds = time.perf_counter() - start
         return self.record(epoch, stage, totals, lr, seconds)
@@ -148,7 +147,7 @@ class Search:
             if "correct" not in k:  # losses and gamma are means: average them over the ranks
                 values[k] /= self.dist.world_size
         n, b = self.steps, self.cfg.batch_size
-        genotype = self.model.genotype()
+        genotype = self.model.genotype(self.cfg.skip_cap)
         return {
             "epoch": epoch + 1,
             "stage": stage,
@@ -177,7 +176,6 @@ class Search:
             "model": self.model.state_dict(),
             "w_opt": self.w_opt.state_dict(),
             "a_opt": self.a_opt.state_dict(),
-            "sched": self.sched.state_dict(),
             "epoch": epochs_done,
             "step": 0,  # data position: checkpoints are taken at epoch boundaries
             "rng": rng_state(self.device),
@@ -198,7 +196,6 @@ class Search:
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
-        self.sched.load_state_dict(state["sched"])
         set_rng_state(state["rng"], self.device)
         return int(state["epoch"])
 
@@ -208,7 +205,8 @@ class Search:
         prov = provenance(source="search", space=self.space.name, epochs=epochs_done,
                           dataset=self.cfg.dataset, config=self.cfg.to_dict())
         # a searched activation becomes the derived one (the argmax of its beta per cell type)
-        return Architecture(self.model.genotype(), self.model.derived_macro(macro), prov).validate()
+        return Architecture(self.model.genotype(self.cfg.skip_cap), self.model.derived_macro(macro),
+                            prov).validate()
 
     def alphas(self) -> dict[str, list]:
         return {t: a.detach().float().cpu().tolist() for t, a in self.model.alphas.items()}
@@ -235,6 +233,7 @@ def run(config: SearchConfig, callbacks: Iterable[Callable[[dict[str, Any]], Non
         # restarts from its start with its saved config
         state = rd.load_checkpoint() if resume and rd.checkpoint.exists() else None
         if state is not None:
+            legacy_precision(state, cfg)
             check_device(state, cfg, device, force, str(rd.path))
         dist, device, created = distributed.setup(device)
         try:
@@ -314,7 +313,7 @@ def interrupted_message(epoch: int, path: Path) -> str:
 
 def resolve_resume(given: SearchConfig, rd: RunDir) -> SearchConfig:
     """The saved config of `rd`; options given now must match it, except harmless ones."""
-    saved = SearchConfig.from_dict(rd.read_config(), f"{rd.config}")
+    saved = from_saved(rd.read_config(), f"{rd.config}")
     explicit = getattr(given, "explicit", None)  # the command line marks what the user typed
     for key, value in given.to_dict().items():
         if key in RESUMABLE_CHANGES or (explicit is not None and key not in explicit):
@@ -327,6 +326,13 @@ def resolve_resume(given: SearchConfig, rd: RunDir) -> SearchConfig:
         setattr(saved, key, getattr(given, key))
     saved.out = str(rd.path)
     return saved
+
+
+def search_lr(cfg: SearchConfig, epoch: int) -> float:
+    """The weights' learning rate in 0-based `epoch`: cosine from lr to lr_min over the epochs,
+    taken at epoch + lr_epoch_offset (1: the authors' scheduler stepped before each epoch)."""
+    t = min(epoch + cfg.lr_epoch_offset, cfg.epochs) / cfg.epochs
+    return cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t)) / 2
 
 
 def check_finite(record, search: Search, rd: RunDir, epoch: int) -> None:

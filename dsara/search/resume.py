@@ -1,7 +1,6 @@
 """What a search checkpoint must agree on to be continued exactly: the device type and RNG state.
 
-A search resumed on another device type is not the search it continues: ``precision = auto`` is
-bf16 on CUDA and fp32 on a CPU, ``channels_last = auto`` is on only on CUDA, and the random streams
+A search resumed on another device type is not the search it continues: ``channels_last = auto`` is on only on CUDA, and the random streams
 (PGD starts, augmentation) come from that device's generator. `check_device` refuses such a resume
 in one line saying what would differ, unless forced. Moving between GPUs (cuda:0 -> cuda:1) is
 harmless and allowed.
@@ -48,6 +47,14 @@ def saved_device_type(state: dict[str, Any]) -> str:
     if device != "auto":
         return torch.device(device).type
     return "cuda" if "cuda" in (state.get("rng") or {}) else "cpu"
+
+
+def legacy_precision(state: dict[str, Any], cfg: SearchConfig) -> None:
+    """A search begun before ``precision = auto`` meant fp32 everywhere (its config predates
+    ``lr_epoch_offset``) continues in what auto meant then: bf16 on CUDA."""
+    if ("lr_epoch_offset" not in (state.get("config") or {}) and cfg.precision == "auto"
+            and saved_device_type(state) == "cuda"):
+        cfg.precision = "bf16"
 
 
 def effects(cfg: SearchConfig, device_type: str) -> dict[str, str]:

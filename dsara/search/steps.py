@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import pgd
+from ..device import fp32_math
 from ..supernet import Supernet
 from .config import SearchConfig
 from .distributed import Dist
-from .mgda import combine, flat
+from .mgda import combine
 from .weight_method import method_loss
 
 Ctx = Callable[[], AbstractContextManager]
@@ -115,7 +116,9 @@ def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: Se
     L_train is the CE of the train batch's PGD examples, held fixed. The returned function takes
     L_val as a function of the autocast context to compute it in.
 
-    Every pass here runs in fp32, whatever the search's precision. Under bf16 the shifts R*d
+    Every pass here runs in true fp32, whatever the search's precision: autocast off and TF32 off
+    (`device.fp32_math`; cuDNN convolutions on Ampere/Hopper default to TF32, whose 10-bit mantissa
+    is as coarse as bf16's problem below), and R in the weights' own dtype. Under bf16 the shifts R*d
     (about 1e-5 per weight) are below bf16's spacing (~5e-4 at |w| = 0.1), so w+ and w- round
     to nearly the same weights; and the estimate is so sensitive to its inputs that bf16 rounding
     of w' and grad_w' alone is too much (measured on the dsara proxy on a CPU, batch 8, fresh
@@ -128,7 +131,9 @@ def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: Se
     momentum = w_opt.param_groups[0]["momentum"]
     wd = w_opt.param_groups[0]["weight_decay"]
     original = [w.detach().clone() for w in weights]
-    g_train = torch.autograd.grad(ce(model, x_t_adv, y_t, fp32)[0], weights, allow_unused=True)
+    with fp32_math():
+        g_train = torch.autograd.grad(ce(model, x_t_adv, y_t, fp32)[0], weights,
+                                      allow_unused=True)
     g_train = _mean_some(dist, g_train)
     virtual = []
     for w, g in zip(original, g_train):
@@ -147,12 +152,16 @@ def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: Se
         return torch.autograd.grad(ce(model, x_t_adv, y_t, fp32)[0], alphas)
 
     def unrolled(val_loss: Callable[[Ctx], torch.Tensor]) -> list[torch.Tensor]:
+        with fp32_math():
+            return _unrolled(val_loss)
+
+    def _unrolled(val_loss: Callable[[Ctx], torch.Tensor]) -> list[torch.Tensor]:
         assign(virtual)
         grads = torch.autograd.grad(val_loss(fp32), alphas + weights, allow_unused=True)
         d_alpha = grads[: len(alphas)]
         d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads[len(alphas):])]
         d_w = dist.mean(d_w)
-        R = 0.01 / flat(d_w).norm().clamp_min(1e-12)
+        R = 0.01 / _norm(d_w).clamp_min(1e-12)  # in the weights' dtype (fp64 stays fp64)
         assign([w + R * d for w, d in zip(original, d_w)])
         g_pos = train_alpha_grad()
         assign([w - R * d for w, d in zip(original, d_w)])
@@ -161,6 +170,11 @@ def make_unrolled(model: Supernet, x_t_adv, y_t, w_opt: torch.optim.SGD, cfg: Se
         return [a - xi * (p - n) / (2 * R) for a, p, n in zip(d_alpha, g_pos, g_neg)]
 
     return unrolled
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of `tensors`, in their own dtype (no float32 cast)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 def _mean_some(dist: Dist, grads) -> list[torch.Tensor | None]:

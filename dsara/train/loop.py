@@ -105,8 +105,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"  # auto | cpu | cuda | cuda:N
     # bf16 autocast with fp32 master weights for the training forward/backward and the inner
-    # attack; auto = bf16 on CUDA, fp32 on CPU (measured slower there: docs/speed.md). Validation
-    # and `dsara evaluate` always run fp32.
+    # attack (the fast path); auto = fp32 until bf16 is shown equal on a GPU (device.py); a recipe
+    # sets its authors' precision. Validation and `dsara evaluate` always run fp32.
     precision: str = "auto"  # auto | fp32 | bf16; config.json records the resolved value
     channels_last: str = "auto"  # auto (on CUDA) | on | off; config.json records on | off
 

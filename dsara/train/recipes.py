@@ -32,7 +32,7 @@ from ..errors import DsaraError
 TRAINING_FIELDS = (
     "method", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones",
     "grad_clip", "eps", "step_size", "steps", "beta", "craft_mode", "attack_start", "start_std",
-    "aux_input", "auxiliary_weight", "drop_path", "cutout", "augment", "crop_pad")
+    "aux_input", "auxiliary_weight", "drop_path", "cutout", "augment", "crop_pad", "precision")
 CELL_ONLY = ("auxiliary_weight", "drop_path")
 
 
@@ -47,18 +47,27 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "arnas": Recipe(
         reproduces="ARNAS / DSARA retraining of a searched cell network (PGD-AT)",
-        source="Ou et al., CVPR 2024 (arXiv 2405.05502); ARNAS adv_train.py / trades.py "
-               "madry_loss, on the DARTS train.py skeleton",
+        source="Ou et al., CVPR 2024 (arXiv 2405.05502); fyqsama/ARNAS (commit 9bcc2e3) "
+               "ARNAS_train_eval/advrush/adv_train.py (lines as L<n>), trades.py madry_loss, "
+               "utils.py, README.md; on the DARTS train.py skeleton",
         settings=dict(
-            method="pgd-at", epochs=200, batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4,
-            schedule="piecewise", milestones=(0.5, 0.75),  # x0.1 at epochs 100 and 150
-            grad_clip=5.0,  # DARTS train.py's default, kept by the script
-            eps=0.031, step_size=0.01, steps=7, beta=6.0,  # beta unused by pgd-at
+            method="pgd-at",  # adv_train.py L35 --adv_loss pgd -> madry_loss (L142-150)
+            epochs=200,  # L30; README: --epochs 200
+            batch_size=32,  # README: --batch_size 32 (L24's default is 2, "#128")
+            lr=0.1, momentum=0.9, weight_decay=1e-4,  # L25, L26, L27
+            # adjust_learning_rate L206-214 (0-based epochs): x0.1 from epoch 99, x0.01 from 149
+            schedule="piecewise", milestones=(99 / 200, 149 / 200),
+            grad_clip=5.0,  # L47 (DARTS train.py's default), applied at L166
+            eps=8 / 255, step_size=0.01, steps=7,  # L31 8/255, L33, L32
+            beta=6.0,  # L34, unused by pgd-at
+            # trades.py L28 model.eval() while crafting, L31 start x + 0.001 N(0, 1)
             craft_mode="eval", attack_start="normal", start_std=0.001,
-            aux_input="clean", auxiliary_weight=0.4,  # aux head on the clean forward
-            drop_path=0.0, cutout=16, augment=True, crop_pad=4),
-        differs="drop-path is 0 as in the released script; Cutout zeroes raw [0, 1] pixels "
-                "(ARNAS feeds unnormalized images, so its holes are black too)"),
+            aux_input="clean", auxiliary_weight=0.4,  # L141 logits_aux of model(input); L39-40
+            drop_path=0.0,  # L43
+            cutout=16, augment=True, crop_pad=4,  # L41-42; utils.py L84-89 crop 32 pad 4, flip
+            precision="fp32"),  # no mixed precision anywhere in the code
+        differs="Cutout zeroes raw [0, 1] pixels (ARNAS feeds unnormalized images, so its holes "
+                "are black too)"),
     "madry": Recipe(
         reproduces="Madry et al. PGD adversarial training on CIFAR-10",
         source="Madry et al., ICLR 2018; MadryLab/cifar10_challenge config.json and train.py "
@@ -73,7 +82,8 @@ RECIPES: dict[str, Recipe] = {
             beta=6.0, craft_mode="train",  # one graph in mode 'train' crafts and trains
             attack_start="uniform", start_std=0.001, aux_input="adv", auxiliary_weight=0.0,
             drop_path=0.0, cutout=0, augment=True,
-            crop_pad=2),  # resize_image_with_crop_or_pad to 36x36, random 32x32 crop, flip
+            crop_pad=2,  # resize_image_with_crop_or_pad to 36x36, random 32x32 crop, flip
+            precision="fp32"),  # TF1 fp32
         differs="weight decay applies to every parameter (the TF code decays conv and fc "
                 "weights only, not BatchNorm)"),
     "trades": Recipe(
@@ -81,21 +91,29 @@ RECIPES: dict[str, Recipe] = {
         source="Zhang et al., ICML 2019; yaodongyu/TRADES train_trades_cifar10.py and trades.py "
                "(commit 6e8e11b)",
         settings=dict(
+            # L16 batch 128, L20 epochs 76, L22 wd 2e-4, L24 lr 0.1, L26 momentum 0.9
             method="trades", epochs=76, batch_size=128, lr=0.1, momentum=0.9, weight_decay=2e-4,
-            schedule="piecewise", milestones=(74 / 76,),  # x0.1 from epoch 75 (1-based)
+            # adjust_learning_rate L137-145 on 1-based epochs (L155): x0.1 from epoch 75
+            # (0-based 74); its drops at 90 and 100 lie past the 76 epochs
+            schedule="piecewise", milestones=(74 / 76,),
             grad_clip=0.0, eps=0.031, step_size=0.007, steps=10, beta=6.0,
             craft_mode="eval", attack_start="normal", start_std=0.001, aux_input="adv",
-            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4)),
+            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4,
+            precision="fp32")),
     "mart": Recipe(
         reproduces="MART on CIFAR-10 (WideResNet script, beta = 6)",
         source="Wang et al., ICLR 2020; YisenWang/MART train_wideresnet.py and mart.py "
                "(commit 2d83e17)",
         settings=dict(
+            # L21 batch 128, L25 epochs 90, L27 wd 7e-4, L29 lr 0.1, L31 momentum 0.9
             method="mart", epochs=90, batch_size=128, lr=0.1, momentum=0.9, weight_decay=7e-4,
-            schedule="piecewise", milestones=(74 / 90,),  # x0.1 from epoch 75 (1-based)
-            grad_clip=0.0, eps=0.031, step_size=0.007, steps=10, beta=6.0,
+            # adjust_learning_rate L109-117 on 1-based epochs (L176): x0.1 from epoch 75,
+            # x0.01 from epoch 90 (the last); 0-based: 74 and 89
+            schedule="piecewise", milestones=(74 / 90, 89 / 90),
+            grad_clip=0.0, eps=0.031, step_size=0.007, steps=10, beta=6.0,  # L35, L39, L37, L41
             craft_mode="eval", attack_start="normal", start_std=0.001, aux_input="adv",
-            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4)),
+            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4,  # L71
+            precision="fp32")),
     "fgsm-rs": Recipe(
         reproduces="FGSM with random start ('fast is better than free') on CIFAR-10",
         source="Wong et al., ICLR 2020; locuslab/fast_adversarial CIFAR10/train_fgsm.py "
@@ -106,8 +124,9 @@ RECIPES: dict[str, Recipe] = {
             momentum=0.9, weight_decay=5e-4, schedule="cyclic", milestones=(0.5, 0.75),
             grad_clip=0.0, eps=8 / 255, step_size=10 / 255, steps=1, beta=6.0,
             craft_mode="train", attack_start="uniform", start_std=0.001, aux_input="adv",
-            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4),
-        differs="fp32 instead of apex O2 mixed precision; the triangular learning rate is taken "
+            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4,
+            precision="bf16"),  # train_fgsm.py L37: apex --opt-level O2 (mixed precision)
+        differs="bf16 autocast instead of apex O2 fp16 with loss scaling; the triangular learning rate is taken "
                 "once per epoch, at the epoch's middle (the authors step it every batch); the "
                 "catastrophic-overfitting stop watches PGD on the validation split (the authors: "
                 "PGD-5 on the first training batch)"),
@@ -123,7 +142,8 @@ RECIPES: dict[str, Recipe] = {
             momentum=0.9, weight_decay=5e-4, schedule="cosine", milestones=(0.5, 0.75),
             grad_clip=0.0, eps=8 / 255, step_size=2 / 255, steps=10, beta=6.0,
             craft_mode="eval", attack_start="uniform", start_std=0.001, aux_input="adv",
-            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4),
+            auxiliary_weight=0.0, drop_path=0.0, cutout=0, augment=True, crop_pad=4,
+            precision="fp32"),
         differs="not an author's recipe: CSTAR's fine-tuning settings are not published"),
 }
 
@@ -135,7 +155,7 @@ _RICE = dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4
              schedule="piecewise", milestones=(0.5, 0.75), grad_clip=0.0, eps=8 / 255,
              step_size=2 / 255, steps=10, beta=6.0, craft_mode="train", attack_start="uniform",
              start_std=0.001, aux_input="adv", auxiliary_weight=0.0, drop_path=0.0, cutout=0,
-             augment=True, crop_pad=4)
+             augment=True, crop_pad=4, precision="fp32")
 _SCHEDULE = ("[recon] the training schedule is Rice et al.'s PGD-AT schedule (200 epochs, lr 0.1, "
              "x0.1 at epochs 100 and 150, wd 5e-4): the paper's own was not readable")
 
