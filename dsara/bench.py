@@ -48,7 +48,11 @@ from .supernet import Supernet
 
 # proxy: the reference search proxy (dsara space: C=24, 8 cells) on CIFAR-10-shaped inputs;
 # small: the tiny space on 16x16 inputs, seconds on a CPU (smoke runs, CI).
-SIZES = {"proxy": ("dsara", 32), "small": ("tiny", 16)}
+# size -> (space, image size, space overrides): the reference proxy; the tiny space; and the
+# CPU-sized proxy of experiments/cifar10-cpu.toml (dsara space, C = 8, 5 cells, 16x16 inputs)
+SIZES = {"proxy": ("dsara", 32, {}), "small": ("tiny", 16, {}),
+         "cpu16": ("dsara", 16, {"proxy.C": 8, "stages.0.depth": 1, "stages.1.depth": 1,
+                                 "stages.2.depth": 1})}
 TRAIN_IMAGES = 25_000  # weight-train images per CIFAR-10 search epoch (half of the 50k split)
 EPOCHS = 50  # reference search length; stage 1 is its first default_stage1(50) = 21 epochs
 BASE_BATCH = 32  # the reference batch; larger batches scale the weight lr linearly
@@ -85,10 +89,11 @@ class BenchConfig:
 
     def search_config(self, batch: int, partial_k: int, precision: str = "auto",
                       order: str = "first") -> SearchConfig:
-        space, image_size = SIZES[self.size]
+        space, image_size, overrides = SIZES[self.size]
         n = 2 * max(batch, 64)  # images per half; batches are drawn endlessly from it
         return SearchConfig(
-            space=space, dataset="synthetic", partial_k=partial_k, batch_size=batch,
+            space=space, space_overrides=dict(overrides), dataset="synthetic",
+            partial_k=partial_k, batch_size=batch,
             synthetic={"n_train": 2 * n, "n_test": 16, "image_size": image_size},
             lr=0.025 * batch / BASE_BATCH, pgd_steps=self.pgd_steps, epochs=EPOCHS,
             device=self.device, compile=self.compile, seed=self.seed, precision=precision,
@@ -154,7 +159,7 @@ class ReferenceStep:
     def __init__(self, cfg: SearchConfig, workers: int | None = None):
         self.cfg, self.device = cfg, resolve_device(cfg.device)
         cuda = self.device.type == "cuda"
-        space = load_space(cfg.space)
+        space = load_space(cfg.space, cfg.space_overrides)
         train, _, info = load_dataset("synthetic", synthetic=_synthetic(cfg))
         macro = space.proxy_macro(num_classes=info.num_classes, mean=info.mean, std=info.std)
         self.model = Supernet(macro, space.ops, cfg.partial_k, cfg.alpha_init_std).to(self.device)
@@ -379,10 +384,11 @@ def run_bench(bc: BenchConfig) -> dict[str, Any]:
             del built
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    space, image_size = SIZES[bc.size]
+    space, image_size, overrides = SIZES[bc.size]
     return {"device": device_name(device), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "size": bc.size, "space": space,
-            "image_size": image_size, "config": asdict(bc), "cases": cases,
+            "image_size": image_size, "space_overrides": overrides, "config": asdict(bc),
+            "cases": cases,
             "summary": summarize(cases, bc)}
 
 

@@ -236,3 +236,15 @@ def test_reuse_is_checked_at_create(change, says):
     raw["sources"]["capped"] = {"kind": "dsara", **change}
     with pytest.raises(DsaraError, match=says):
         experiment_from_dict(raw)
+
+
+def test_a_reusing_unit_is_claimed_only_after_the_unit_it_reuses_is_complete():
+    raw = smoke_raw()
+    raw["sources"]["capped"] = {"kind": "dsara", "reuse": "dsara", "search": {"skip_cap": 2}}
+    exp = experiment_from_dict(raw)
+    states = {u.key: "PENDING" for u in exp.units()}
+    assert runner.ready(exp, "dsara/s0", states) and runner.ready(exp, "random/s0/c0", states)
+    for before in ("PENDING", "RUNNING", "FAIL"):
+        assert not runner.ready(exp, "capped/s0", states | {"dsara/s0": before})
+    assert runner.ready(exp, "capped/s0", states | {"dsara/s0": "COMPLETE"})
+    assert not runner.ready(exp, "capped/s1", states | {"dsara/s0": "COMPLETE"})

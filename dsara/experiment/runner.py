@@ -142,7 +142,8 @@ def _claim(study, exp: Experiment, storage, skip: set[str], token: str):
         sweep(study, exp.max_retry)
         states = unit_states(study, exp)
         if "WAITING" not in states.values():
-            pending = [k for k, s in states.items() if s in ("PENDING", "FAIL") and k not in skip]
+            pending = [k for k, s in states.items() if s in ("PENDING", "FAIL") and k not in skip
+                       and ready(exp, k, states)]
             if not pending:
                 return WAIT if "RUNNING" in states.values() else None
             with writing_as(token):
@@ -152,6 +153,14 @@ def _claim(study, exp: Experiment, storage, skip: set[str], token: str):
             trial = study.ask()
         storage.record_heartbeat(trial._trial_id)  # under the lock: see `requeue.orphans`
         return trial
+
+
+def ready(exp: Experiment, key: str, states: dict[str, str]) -> bool:
+    """Whether unit `key` can start: a unit that derives another source's search again (`reuse`)
+    waits until that source's unit of its seed is complete."""
+    unit = Unit.from_key(key)
+    reuse = exp.sources[unit.source].reuse
+    return not reuse or states.get(Unit(reuse, unit.seed).key) == "COMPLETE"
 
 
 @dataclass

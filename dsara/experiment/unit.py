@@ -196,9 +196,10 @@ def evaluate_unit(exp: Experiment, train_dir: Path, out: Path, data_root: str | 
                               synthetic=synthetic)
     subset, record = eval_subset(test, ev.n_test, ev.seed)
     eps, device = parse_eps(ev.eps), cfg["device"]
+    layout = {"channels_last": cfg.get("channels_last") == "on"}  # as it was trained
     t0 = time.perf_counter()
     report = evaluate(model, subset, ev.attacks, eps, batch_size=ev.batch_size, device=device,
-                      seed=ev.seed)
+                      seed=ev.seed, **layout)
     log(f"  evaluated {train_dir.parent.relative_to(train_dir.parents[2])}: " + ", ".join(
         f"{k} {100 * v:.1f}%" for k, v in report.accuracy.items()))
     out_d = {**report.to_dict(), "params": count_parameters(model), "epoch": ckpt.get("epoch"),
@@ -207,7 +208,7 @@ def evaluate_unit(exp: Experiment, train_dir: Path, out: Path, data_root: str | 
         aa_set, aa_record = eval_subset(subset, ev.autoattack_n, ev.seed + 1)
         out_d["autoattack_subset"] = aa_record  # positions within the subset above
         aa = evaluate(model, aa_set, ["clean", "autoattack"], eps, batch_size=ev.batch_size,
-                      device=device, seed=ev.seed)
+                      device=device, seed=ev.seed, **layout)
         out_d["accuracy"]["autoattack"] = aa.accuracy["autoattack"]
         out_d["seconds"]["autoattack"] = aa.seconds["autoattack"]
         out_d["autoattack_n"] = aa.n
