@@ -166,6 +166,9 @@ def parse_attacks(text: str | Sequence[str]) -> list[str]:
     return names
 
 
+NCHW_ONLY = {"autoattack"}  # attacks whose library needs contiguous NCHW inputs and gradients
+
+
 def prepare_for_eval(model: nn.Module) -> nn.Module:
     """Eval mode and fp32; a model left in train mode is switched with a warning."""
     if model.training:
@@ -236,7 +239,11 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
             t0 = time.perf_counter()
             pace = Pace(f"evaluate {name} ({i + 1}/{len(names)} attacks)", len(loader),
                         unit="batch")  # lines where no bar is drawn
+            # AutoAttack's code .view()s input gradients: it gets the standard layout
+            plain = channels_last and name in NCHW_ONLY
+            model.to(memory_format=torch.contiguous_format if plain else layout)
             for x, y in bar(loader.epoch(0), total=len(loader), desc=name, unit="batch"):
+                x = x.contiguous() if plain else x
                 correct[name].append(_correct_under(model, attack, x, y, eps, gen, name))
                 pace.update()
             seconds[name] = time.perf_counter() - t0
