@@ -19,8 +19,9 @@ S = argparse.SUPPRESS
 # (flag, config field, type, help with units)
 OPTIONS = [
     ("--space", "space", str, "search space name or TOML path (default dsara)"),
-    ("--dataset", "dataset", str, "cifar10 | cifar100 | svhn | imagefolder | synthetic "
-     "(default cifar10)"),
+    ("--dataset", "dataset", str, "cifar10 | cifar100 | svhn | imagefolder | synthetic | "
+     "cifar10-16 (CIFAR-10 box-filtered to 16x16, a different dataset: "
+     "scripts/downsample_cifar10.py) (default cifar10)"),
     ("--data-root", "data_root", str, "folder holding the dataset"),
     ("--epochs", "epochs", int, "search epochs (default 50)"),
     ("--stage1-epochs", "stage1_epochs", int,

@@ -20,8 +20,9 @@ OPTIONS = [
     ("--recipe", "recipe", str, "a named, complete set of training settings that the other "
      "flags override one by one: " + "; ".join(f"{k} = {r.reproduces}" for k, r in RECIPES.items())
      + " (default: none, dsara's defaults below)"),
-    ("--dataset", "dataset", str, "cifar10 | cifar100 | svhn | imagefolder | synthetic "
-     "(default cifar10)"),
+    ("--dataset", "dataset", str, "cifar10 | cifar100 | svhn | imagefolder | synthetic | "
+     "cifar10-16 (CIFAR-10 box-filtered to 16x16, a different dataset: "
+     "scripts/downsample_cifar10.py) (default cifar10)"),
     ("--data-root", "data_root", str, "folder holding the dataset"),
     ("--method", "method", str, f"{' | '.join(METHODS)} (default pgd-at). Their constants: "
      "--set method_options.NAME=VALUE (docs/methods.md). [recon] = our reconstruction, not the "
