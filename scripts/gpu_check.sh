@@ -55,7 +55,7 @@ else
   device=cuda
   search_args=(--size proxy --batch 32 --batch 256 --steps 20 --warmup 5 --profile 10)
   compile_args=(--size proxy --batch 256 --steps 20 --warmup 5 --compile --no-reference)
-  train_args=(--size full --batch 32 --batch 128 --pgd-steps 7 --steps 5 --warmup 2 --precision auto --precision fp32
+  train_args=(--size full --batch 32 --batch 128 --pgd-steps 7 --steps 5 --warmup 2 --precision bf16 --precision fp32
               --profile 10)
   # the dsara proxy at 16 px for 4 epochs of 40 steps: alpha drift of bf16 vs fp32 vs seed
   precision_args=(--space dsara --epochs 4 --n-train 2560 --image-size 16 --batch 32 --pgd-steps 3)
