@@ -239,3 +239,30 @@ def test_the_quickstart_database_lock_is_ignored():
 
     patterns = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
     assert any(fnmatch("dsara.db.lock", p) for p in patterns), patterns
+
+
+@pytest.mark.parametrize("epochs", range(1, 13))
+def test_short_piecewise_schedules_start_at_lr_and_drop_one_step_at_a_time(epochs):
+    from dsara.train.loop import TrainConfig, lr_factor
+
+    cfg = TrainConfig(arch="resnet_tiny", out="x", epochs=epochs)  # milestones 0.5, 0.75
+    factors = [lr_factor(cfg, e) for e in range(epochs)]
+    assert factors[0] == 1, factors
+    ratios = [b / a for a, b in zip(factors[:-1], factors[1:], strict=True)]
+    assert all(r == pytest.approx(1) or r == pytest.approx(0.1) for r in ratios), factors
+    assert sum(r == pytest.approx(0.1) for r in ratios) == min(2, epochs - 1), factors
+
+
+def test_the_schedule_and_a_rounded_val_size_are_said(tmp_path, capsys):
+    assert main(["train", *TRAIN, "--epochs", "3", "--out", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert ("lr schedule: 0.1 in epoch 1, 0.01 in epoch 2, 0.001 in epoch 3 (milestones 0.5, "
+            "0.75 of 3 epochs") in out, out
+    # 64 images of 10 classes (6 or 7 each): a quarter of each is 1.5 or 1.75, rounded to 2
+    assert "44 training images, 20 held out for validation, not val_size 16: each class gives " \
+        "its share rounded to whole images (2 of each of 10 classes)" in out, out
+    assert [r["lr"] for r in json.loads((tmp_path / "t" / "metrics.json").read_text())[
+        "history"]] == pytest.approx([0.1, 0.01, 0.001])
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--help"])
+    assert stop.value.code == 0 and "halves up" in " ".join(capsys.readouterr().out.split())

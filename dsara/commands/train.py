@@ -41,7 +41,10 @@ OPTIONS = [
     ("--schedule", "schedule", str, "piecewise (x0.1 at each milestone) | cosine | cyclic "
      "(triangle 0 -> lr -> 0 peaking mid-training, per epoch) (default piecewise)"),
     ("--milestones", "milestones", str, "piecewise milestones as fractions of --epochs, "
-     "comma-separated (default 0.5,0.75)"),
+     "comma-separated (default 0.5,0.75); each lands on the nearest epoch (halves up), never "
+     "on the first one; milestones on one epoch move to neighbouring ones, and a run with fewer "
+     "epochs than milestones + 1 drops the last: 2 epochs train at lr, lr/10; 3 at lr, lr/10, "
+     "lr/100"),
     ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off (default 5 for cell networks, "
      "off for baselines)"),
     ("--eps", "eps", str, "training attack L-inf radius in [0,1] pixel units, 8/255 or 0.031 "
@@ -74,8 +77,9 @@ OPTIONS = [
      "cell type (default: the architecture's; sparta is a labelled reconstruction)"),
     ("--train-size", "train_size", int, "training images used, a seeded class-stratified "
      "subset of what --val-size leaves (default: all)"),
-    ("--val-size", "val_size", int, "training images held out for model selection "
-     "(default 1000)"),
+    ("--val-size", "val_size", int, "training images held out for model selection, drawn "
+     "per class with each class's share rounded to whole images, so 64 of 10 equal classes "
+     "holds out 60 (the run's first line says how many) (default 1000)"),
     ("--val-steps", "val_steps", int, "PGD steps of the validation attack (default 10)"),
     ("--overfit-guard", "overfit_guard", float, "fgsm-rs: stop when validation PGD accuracy "
      "falls by more than this fraction in one epoch (default 0.2)"),

@@ -227,13 +227,54 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- helpers
 
+def milestone_epochs(milestones: tuple[float, ...], epochs: int) -> list[int]:
+    """The 0-based epochs from which the piecewise lr is x0.1 lower, one per milestone that fits.
+
+    A fraction m lands on epoch floor(m * epochs + 0.5) (the nearest epoch, halves up), kept in
+    1..epochs-1 so that the first epoch trains at the full lr; milestones that land on one epoch
+    are spread to neighbouring ones (later ones move later; at the end of the run, earlier ones
+    move earlier), and a run with fewer than len(milestones) + 1 epochs drops the last ones. So
+    with the default 0.5, 0.75: 1 epoch trains at lr; 2 at lr, lr/10; 3 at lr, lr/10, lr/100;
+    4 at lr, lr, lr/10, lr/100; 200 drops at epochs 100 and 150, as plain rounding would.
+    """
+    fit = sorted(milestones)[:max(epochs - 1, 0)]
+    out: list[int] = []
+    for m in fit:  # each after the one before
+        out.append(max(min(math.floor(m * epochs + 0.5), epochs - 1), out[-1] + 1 if out else 1))
+    for i in reversed(range(len(out))):  # each before the one after, all before the end
+        out[i] = min(out[i], (out[i + 1] if i + 1 < len(out) else epochs) - 1)
+    return out
+
+
 def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     """Multiplier of cfg.lr during `epoch` (0-based)."""
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
     if cfg.schedule == "cyclic":
         return 1 - abs(2 * (epoch + 0.5) / cfg.epochs - 1)
-    return 0.1 ** sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
+    return 0.1 ** sum(epoch >= k for k in milestone_epochs(cfg.milestones, cfg.epochs))
+
+
+def schedule_line(cfg: TrainConfig) -> str:
+    """The piecewise lr per epoch range, 1-based as the epoch lines count."""
+    bounds = [0, *milestone_epochs(cfg.milestones, cfg.epochs), cfg.epochs]
+    parts = [f"{cfg.lr * 0.1 ** i:.4g} in epoch{'s' if b - a > 1 else ''} "
+             f"{a + 1}{f'-{b}' if b - a > 1 else ''}"
+             for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+    return (f"lr schedule: {', '.join(parts)} (milestones "
+            f"{', '.join(f'{m:g}' for m in cfg.milestones)} of {cfg.epochs} epochs, see --help)")
+
+
+def data_line(cfg: TrainConfig, fit, val) -> str:
+    """Training and held-out image counts; says why the held-out count is not val_size."""
+    line = f"data: {len(fit)} training images, {len(val)} held out for validation"
+    if len(val) != cfg.val_size:
+        per_class = torch.bincount(val.labels.cpu()).tolist()
+        lo, hi = min(per_class), max(per_class)
+        line += (f", not val_size {cfg.val_size}: each class gives its share rounded to whole "
+                 f"images ({lo if lo == hi else f'{lo}-{hi}'} of each of {len(per_class)} "
+                 "classes); with equal classes a multiple of the class count is exact")
+    return line
 
 
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -450,6 +491,9 @@ def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
     fit, val, test, info = load_data(cfg)
     cfg = fit_to_budget(cfg, info.num_classes, log)
     previous = _previous(run_dir, cfg)
+    log(data_line(cfg, fit, val))
+    if cfg.schedule == "piecewise":
+        log(schedule_line(cfg))
     # a resumed run rebuilds its model from the checkpoint, not from a file that may have moved
     spec = previous["model_spec"] if previous else model_spec(
         cfg.arch, info.num_classes, info.mean, info.std, cells=cfg.cells, channels=cfg.channels,
