@@ -260,3 +260,17 @@ def test_bad_input_is_one_clear_line(runs, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("dsara: error: ") and needle in err and err.count("\n") == 1
+
+
+def test_torch_export_leaves_the_auxiliary_head_out(runs, tmp_path):
+    model, _, _ = load_trained(runs["cells"])
+    head = {k for k in model.state_dict() if k.startswith("auxiliary_head.")}
+    assert head  # the network trained with one, so the test can fail
+    export(runs["cells"], "torch-export", tmp_path / "cells.pt2")
+    program = torch.export.load(str(tmp_path / "cells.pt2"))
+    kept = set(program.state_dict)
+    assert kept and not [k for k in kept if "auxiliary_head" in k], sorted(kept)
+    head_bytes = sum(model.state_dict()[k].numel() * 4 for k in head)
+    whole = sum(v.numel() * 4 for v in model.state_dict().values())
+    assert (tmp_path / "cells.pt2").stat().st_size < whole - head_bytes / 2 + 200_000
+    assert model.auxiliary_head is not None  # the exported copy, not the model, lost it

@@ -12,6 +12,7 @@ it needs ``pip install "dsara[export]"`` (onnx, onnxscript, onnxruntime).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,14 +32,25 @@ INSTALL = 'pip install "dsara[export]" (onnx, onnxscript, onnxruntime)'
 
 
 class Portable(nn.Module):
-    """``images -> logits`` with one positional input: the signature an exported program keeps."""
+    """``images -> logits`` with one positional input: the signature an exported program keeps.
+    The training-only auxiliary head is left out: an exported program stores every parameter of
+    its module, used or not (in a small cell network the head holds most of the weights)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.model = without_auxiliary(model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+
+def without_auxiliary(model: nn.Module) -> nn.Module:
+    """`model`, or a copy of it without its auxiliary head (which eval mode never runs)."""
+    if getattr(model, "auxiliary_head", None) is None:
+        return model
+    model = copy.deepcopy(model)
+    model.auxiliary_head, model.has_auxiliary, model.aux_index = None, False, -1
+    return model
 
 
 def images(source: Source, options: ExportOptions, batch: int, seed: int) -> torch.Tensor:
