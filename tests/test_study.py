@@ -4,6 +4,8 @@ of a dead worker's trial; one clear line for every bad input."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -89,7 +91,8 @@ def test_create_run_status_export_build(tmp_path, capsys, monkeypatch):
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert study.metric_names == ["clean_acc", "pgd_acc"]
-    assert study.user_attrs["definition"]["budget"]["n_trials"] == 3
+    assert manage.stored_definition(study)["budget"]["n_trials"] == 3
+    assert "definition" not in study.user_attrs  # `optuna studies` prints them in every row
     assert study.user_attrs["artifact_root"] == str((tmp_path / "art").resolve())
     for t in trials:
         assert set(t.params) == {"lam", "stages.2.width"}
@@ -381,3 +384,29 @@ def test_a_study_may_allow_retries_on_another_device_type(tmp_path, monkeypatch,
     summary = worker.run_worker("devok", db, heartbeat_s=1, grace_s=60, log=lambda s: None)
     assert summary.completed == [1]
     assert "searched on cuda and would continue on cpu" in capsys.readouterr().err  # the warning
+
+
+def test_optuna_studies_rows_stay_short_and_old_studies_still_open(tmp_path, capsys):
+    """The definition is a system attribute: `optuna studies` prints user attributes in every
+    row. A study made before (definition in user_attrs) opens, lists and reports as ever."""
+    db = storage_url(tmp_path)
+    manage.create("new", SMOKE, db, tmp_path / "art")
+    old = optuna.create_study(study_name="old", storage=db, directions=["maximize"] * 2)
+    definition = manage.stored_definition(optuna.load_study(study_name="new", storage=db))
+    assert definition["budget"]["n_trials"] == 3
+    old.set_user_attr("definition", definition)  # the layout of studies made before
+    old.set_user_attr("definition_source", "smoke.toml")
+    old.set_user_attr("artifact_root", str(tmp_path / "art"))
+    assert manage.open_study("old", db).definition.to_dict() == definition
+    code, out, _ = run_cli(capsys, "study", "list", "--storage", db)
+    assert code == 0 and out.count("clean_acc,pgd_acc\tsmoke.toml") == 2, out
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    if not optuna_cli.is_file():
+        pytest.skip(f"no optuna command beside {sys.executable}")
+    rows = subprocess.run([str(optuna_cli), "studies", "--storage", db], capture_output=True,
+                          text=True, timeout=120, check=True).stdout.splitlines()
+    def text(name: str) -> str:  # the row without the padding of the widest one
+        return " ".join(next(r for r in rows if f"| {name} " in r).split())
+
+    assert "definition_sha256" in text("new") and len(text("new")) < 300, text("new")
+    assert len(text("old")) > 600  # what the short row replaces (the smoke definition)

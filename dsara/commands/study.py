@@ -135,7 +135,7 @@ def _trials_bar(name: str, storage: str | None):
     """On a terminal, a bar of the study's complete trials (all workers) against its budget,
     redrawn at each of the worker's lines; the searches inside draw none. Yields the log."""
     study = manage.open_study(name, storage).study
-    budget = study.user_attrs["definition"].get("budget", {}).get("n_trials", 20)
+    budget = manage.stored_definition(study).get("budget", {}).get("n_trials", 20)
 
     def complete() -> int:
         return sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
@@ -165,7 +165,7 @@ def _sigterm_as_interrupt():
 
 def cmd_status(args) -> int:
     study = manage.open_study(args.name, args.storage).study
-    d = study.user_attrs["definition"]
+    d = manage.stored_definition(study)
     counts = report.state_counts(study)
     budget = d.get("budget", {}).get("n_trials", 20)
     print(f"study {args.name!r} in {mask_url(resolve_url(args.storage))}: "
@@ -191,10 +191,10 @@ def cmd_list(args) -> int:
 
     print("study\ttrials\tcomplete\tobjectives\tdefinition")
     for s in optuna.get_all_study_summaries(storage=st):
-        d = s.user_attrs.get("definition") or {}
+        study = optuna.load_study(study_name=s.study_name, storage=st)
+        d = manage.stored_definition(study) or {}
         metrics = d.get("objective", {}).get("metrics", list(defs.METRICS)) if d else ["?"]
-        complete = sum(t.state.name == "COMPLETE" for t in optuna.load_study(
-            study_name=s.study_name, storage=st).get_trials(deepcopy=False))
+        complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
         print(f"{s.study_name}\t{s.n_trials}\t{complete}\t{','.join(metrics)}\t"
               f"{s.user_attrs.get('definition_source', '(not a dsara study)')}")
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..archfile import Architecture
 from ..errors import DsaraError
 from ..files import ensure_dir, write_text_atomic
+from ..study.manage import stored_definition
 from . import _mpl
 from .cells import draw_cell
 from .search import curves_figure, load_run
@@ -102,7 +103,7 @@ def render_report(study, tmp: Path) -> str:
 
     names = objective_names(study)
     name = html.escape(study.study_name)
-    definition = study.user_attrs.get("definition")
+    definition = stored_definition(study)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     done = complete_trials(study)
     body = [f"<h1>Study {name}</h1>",

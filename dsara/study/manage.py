@@ -3,7 +3,11 @@
 Everything a worker needs is stored on the study itself, so any machine that sees the storage (and
 the artifact root, for resuming and reports) can work on it:
 
-    study.user_attrs["definition"]         the study TOML as parsed (plain JSON)
+    study system attr "dsara:definition"   the study TOML as parsed (plain JSON); a system
+                                           attribute, since `optuna studies` prints every user
+                                           attribute in each row (studies made before kept it
+                                           in user_attrs["definition"], still read)
+    study.user_attrs["definition_source"]  the TOML's file name
     study.user_attrs["definition_sha256"]  its hash: `create` with another definition is refused
     study.user_attrs["artifact_root"]      absolute folder holding <study>/trial-<N> run dirs and
                                            the Optuna artifact store <study>/artifacts; or an
@@ -31,6 +35,7 @@ from .storage import mask_url, open_storage, resolve_url
 
 DEFAULT_ARTIFACT_ROOT = "runs/studies"
 PICKS = ("clean", "robust", "balanced")
+DEFINITION_ATTR = "dsara:definition"  # study system attribute holding the parsed TOML
 
 
 @dataclass
@@ -73,7 +78,7 @@ def create(name: str, source: str | Path, storage: str | None = None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(definition.metrics)
-    study.set_user_attr("definition", definition.to_dict())
+    study._storage.set_study_system_attr(study._study_id, DEFINITION_ATTR, definition.to_dict())
     study.set_user_attr("definition_sha256", definition.sha256)
     study.set_user_attr("definition_source", Path(definition.source).name)
     study.set_user_attr("artifact_root", str(root))
@@ -113,7 +118,7 @@ def open_study(name: str, storage: str | None = None, st=None, *, sampler=None,
         raise DsaraError(f"no study {name!r} in {mask_url(resolve_url(storage))}; studies there: "
                          f"{', '.join(names) or '(none)'}")
     study = optuna.load_study(study_name=name, storage=st, sampler=sampler, pruner=pruner)
-    raw = study.user_attrs.get("definition")
+    raw = stored_definition(study)
     if not isinstance(raw, dict):
         raise DsaraError(f"study {name!r} has no dsara definition (it was not made by `dsara "
                          "study create`); create a dsara study under another name")
@@ -123,6 +128,12 @@ def open_study(name: str, storage: str | None = None, st=None, *, sampler=None,
         recorded = None
     root = Path(artifact_root or recorded or DEFAULT_ARTIFACT_ROOT)
     return Opened(study, definition, root)
+
+
+def stored_definition(study) -> dict | None:
+    """The parsed TOML that `create` stored on `study` (None for a study not made by dsara)."""
+    raw = study._storage.get_study_system_attrs(study._study_id).get(DEFINITION_ATTR)
+    return raw if raw is not None else study.user_attrs.get("definition")
 
 
 def delete(name: str, storage: str | None = None) -> str | None:
