@@ -291,6 +291,25 @@ def test_plot_study_front_of_the_smoke_study(tmp_path, study):
     assert "at least 4 complete trials" in (tmp_path / "importances.svg").read_text()
 
 
+def test_pareto_ticks_are_distinct_when_the_scores_are_close(tmp_path):
+    """Scores within 6.0-6.6% (a CPU-sized study) once gave "6%" seven times on the y axis."""
+    import optuna
+
+    from dsara.plot.study import pareto_figure
+
+    study = optuna.create_study(study_name="close", directions=["maximize", "maximize"])
+    for i in range(7):
+        study.add_trial(optuna.trial.create_trial(values=[0.10 + 0.003 * i, 0.066 - 0.001 * i]))
+    fig = pareto_figure(study)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    for axis in (ax.xaxis, ax.yaxis):
+        labels = [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+        assert all(label.endswith("%") for label in labels), labels
+    assert_images(plot_study(study, tmp_path, formats=("png",)))
+
+
 def test_importances_rank_the_parameter_that_drives_both_objectives(tmp_path, made_up_study):
     values, how = importances(made_up_study)
     assert how in ("fANOVA", "PED-ANOVA") and set(values) == {"clean_acc", "pgd_acc"}

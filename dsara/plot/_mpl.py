@@ -59,3 +59,20 @@ def stage_legend_note(ax, stage1_epochs: int, epochs: int) -> None:
                 ha="left", va="top", fontsize=7, color="0.3")
         ax.text(stage1_epochs + 0.5, 1.0, " stage 1 ", transform=ax.get_xaxis_transform(),
                 ha="right", va="top", fontsize=7, color="0.3")
+
+
+def percent_axis(axis) -> None:
+    """Show an axis of fractions as percentages with the fewest decimals (0 to 3) that keep
+    its tick labels apart: a range of 6.0-6.6% gets 6.0%, 6.1%, ..., not "6%" seven times."""
+    from matplotlib.ticker import PercentFormatter
+
+    class DistinctPercent(PercentFormatter):
+        def format_ticks(self, values):
+            for decimals in range(4):
+                self.decimals = decimals
+                labels = super().format_ticks(values)
+                if len(set(labels)) == len(labels):
+                    break
+            return labels
+
+    axis.set_major_formatter(DistinctPercent(xmax=1, decimals=0))

@@ -95,12 +95,10 @@ def pareto_figure(study):
 
 def _percent_axes(ax, xs, ys) -> None:
     """Accuracies stored as fractions read better as percentages."""
-    from matplotlib.ticker import PercentFormatter
-
     if xs is not None and _is_fraction(xs):
-        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        _mpl.percent_axis(ax.xaxis)
     if _is_fraction(ys):
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        _mpl.percent_axis(ax.yaxis)
 
 
 def _evaluator():
