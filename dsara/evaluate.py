@@ -267,6 +267,9 @@ class SanityResult:
     name: str
     passed: bool
     detail: str
+    # the check's accuracies as a curve, for pictures: {"eps" or "steps": [...], "accuracy":
+    # [...], "attack": "..."}; None for single-number checks
+    curve: dict[str, Any] | None = None
 
 
 def _accuracy(model, x, y, attack: Callable, batch_size: int, seed: int) -> float:
@@ -321,9 +324,13 @@ def _sanity(model, x, y, eps, batch_size, seed, large_eps, near_zero) -> list[Sa
                      f"clean {100 * clean:.2f}%, PGD-20 (step eps/4) at eps 0 "
                      f"{100 * at_zero:.2f}%"),
         SanityResult("accuracy does not rise with eps", _largest_rise(by_eps) <= tol,
-                     f"PGD-20 at eps x(0, 1/4, 1/2, 1, 2): {_pct(by_eps)}"),
+                     f"PGD-20 at eps x(0, 1/4, 1/2, 1, 2): {_pct(by_eps)}",
+                     {"eps": eps_grid, "accuracy": by_eps, "attack": "PGD-20, step eps/4",
+                      "clean": clean}),
         SanityResult("accuracy does not rise with steps", _largest_rise(by_steps) <= tol,
-                     f"PGD at 1, 5, 20 steps: {_pct(by_steps)}"),
+                     f"PGD at 1, 5, 20 steps: {_pct(by_steps)}",
+                     {"steps": step_grid, "accuracy": by_steps, "eps": eps,
+                      "attack": "PGD, step max(eps/4, 2.5 eps/steps)", "clean": clean}),
         SanityResult("large eps drives accuracy to about zero", large <= near_zero,
                      f"PGD-20 at eps {large_eps:g}: {100 * large:.2f}% "
                      f"(pass: <= {100 * near_zero:.0f}%)"),

@@ -429,3 +429,64 @@ def test_cli_plot_and_report(tmp_path, smoke, run_dir, capsys):
     assert main(["report", "x", "--storage", "postgresql+psycopg://u:hunter2@127.0.0.1:1/db"]) == 2
     err = capsys.readouterr().err
     assert "hunter2" not in err and "u:***@" in err
+
+
+# --- a training run and its evaluation ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory) -> Path:
+    """A 3-epoch resnet_tiny run on synthetic 8x8 images (lr 0.1, 0.01, 0.001), evaluated with
+    the sanity checks."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    assert main(["train", "resnet_tiny", "--dataset", "synthetic", "--synthetic-train", "96",
+                 "--synthetic-test", "24", "--synthetic-size", "8", "--epochs", "3", "--steps",
+                 "1", "--batch-size", "32", "--val-size", "20", "--val-steps", "2", "--device",
+                 "cpu", "--out", str(out)]) == 0
+    code = main(["evaluate", str(out), "--attacks", "clean,fgsm", "--sanity", "--sanity-n", "20",
+                 "--device", "cpu"])
+    assert code in (0, 1)  # 1: a sanity check failed on this barely trained net; still drawn
+    return out
+
+
+def test_evaluate_sanity_draws_accuracy_vs_eps_and_steps_beside_the_report(train_run, capsys):
+    report = json.loads((train_run / "evaluation.json").read_text())
+    curves = {"steps" if "steps" in c else "eps": c
+              for c in (s.get("curve") for s in report["sanity"]) if c}
+    assert curves["eps"]["eps"][0] == 0 and len(curves["eps"]["accuracy"]) == 5
+    assert curves["steps"]["steps"] == [1, 5, 20] and len(curves["steps"]["accuracy"]) == 3
+    assert_images([train_run / "evaluation_sanity.png"])
+    assert main(["plot", "evaluation", str(train_run), "--out", str(train_run / "p"),
+                 "--format", "png", "svg"]) == 0
+    assert_images([train_run / "p" / "evaluation_sanity.png",
+                   train_run / "p" / "evaluation_sanity.svg"])
+    capsys.readouterr()
+
+
+def test_plot_train_draws_loss_accuracy_and_learning_rate(train_run, tmp_path, capsys):
+    assert main(["plot", "train", str(train_run), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert str(tmp_path / "train_curves.png") in printed
+    assert str(tmp_path / "evaluation_sanity.png") in printed
+    assert_images([tmp_path / "train_curves.png", tmp_path / "train_curves.svg"])
+    from dsara.plot.train import curves_figure, load_train_run
+
+    fig = curves_figure(load_train_run(train_run))
+    loss, acc, lr = fig.axes
+    assert [len(line.get_xdata()) for line in acc.get_lines()][:2] == [3, 3]
+    assert lr.get_yscale() == "log" and list(lr.get_lines()[0].get_ydata()) == \
+        pytest.approx([0.1, 0.01, 0.001])
+    assert main(["plot", "train", str(tmp_path)]) == 2  # not a run directory: one line
+    assert "is not a training run directory (no metrics.json)" in capsys.readouterr().err
+
+
+def test_evaluation_report_embeds_the_sanity_and_training_curves(train_run, tmp_path):
+    out = tmp_path / "e.html"
+    assert main(["report", str(train_run), "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert 'alt="accuracy vs eps and vs attack steps"' in text
+    assert 'alt="training curves"' in text
+    for i, data in enumerate(re.findall(r'src="data:image/png;base64,([^"]+)"', text)):
+        import base64
+
+        (tmp_path / f"{i}.png").write_bytes(base64.b64decode(data))
+        assert_png(tmp_path / f"{i}.png")

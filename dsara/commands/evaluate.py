@@ -185,4 +185,18 @@ def _evaluate(args, eps, attacks, model, ckpt, path: Path) -> int:
                        else choose_path(path.parent, out, args.force))
     write_json_atomic(json_path, json.loads(json.dumps(out)))
     print(f"report: {json_path}" + (f" ({kept})" if kept else ""))
+    if args.sanity:
+        _sanity_pictures(json_path)
     return 1 if failed else 0
+
+
+def _sanity_pictures(json_path: Path) -> None:
+    """Accuracy vs eps and vs steps beside the report, where matplotlib is installed."""
+    try:
+        from ..plot.train import plot_sanity
+
+        paths = plot_sanity(json_path)
+    except DsaraError as e:  # matplotlib missing: the numbers are in the report all the same
+        print(f"no sanity pictures: {e}")
+        return
+    print(f"sanity pictures: {', '.join(map(str, paths))}")

@@ -1,4 +1,4 @@
-"""`dsara plot arch|search|study` and `dsara report`: figures and a one-page study report."""
+"""`dsara plot arch|search|train|evaluation|study` and `dsara report`: figures and a one-page study report."""
 
 from __future__ import annotations
 
@@ -26,6 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--out", type=Path, help="directory for the figures (default RUN_DIR/plots)")
     _formats(search)
     search.set_defaults(func=cmd_search)
+    train = psub.add_parser("train", help="loss, validation accuracy and learning rate per "
+                                          "epoch of a training run, and its evaluations' "
+                                          "sanity curves")
+    train.add_argument("run_dir", metavar="RUN_DIR", type=Path,
+                       help="directory written by `dsara train` (holds metrics.json)")
+    train.add_argument("--out", type=Path, help="directory for the figures (default RUN_DIR/plots)")
+    _formats(train)
+    train.set_defaults(func=cmd_train)
+    evaluation = psub.add_parser("evaluation", help="accuracy vs eps and vs attack steps from "
+                                                    "`dsara evaluate --sanity`")
+    evaluation.add_argument("evaluation", metavar="FILE_OR_RUN_DIR", type=Path,
+                            help="an evaluation JSON, or a run directory (its evaluation.json)")
+    evaluation.add_argument("--out", type=Path, help="directory for the figures (default: "
+                                                     "beside the evaluation)")
+    _formats(evaluation)
+    evaluation.set_defaults(func=cmd_evaluation)
     study = psub.add_parser("study", help="Pareto front of clean vs PGD accuracy and parameter "
                                           "importances of a study")
     study.add_argument("name", metavar="NAME", help="study name")
@@ -78,6 +94,28 @@ def cmd_search(args) -> int:
     paths = plot_search(args.run_dir, args.out, args.formats)
     if not paths:
         raise DsaraError(f"{args.run_dir} has no epochs recorded yet; nothing to plot")
+    _print_paths(paths)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ..plot.train import plot_train
+
+    paths = plot_train(args.run_dir, args.out, args.formats)
+    if not paths:
+        raise DsaraError(f"{args.run_dir} has no epochs recorded yet; nothing to plot")
+    _print_paths(paths)
+    return 0
+
+
+def cmd_evaluation(args) -> int:
+    from ..plot.train import plot_sanity
+
+    path = args.evaluation / "evaluation.json" if args.evaluation.is_dir() else args.evaluation
+    paths = plot_sanity(path, args.out, args.formats)
+    if not paths:
+        raise DsaraError(f"{path} holds no sanity curves; run dsara evaluate {path.parent} "
+                         "--sanity (evaluations from before the curves were recorded hold text)")
     _print_paths(paths)
     return 0
 

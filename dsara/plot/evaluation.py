@@ -1,6 +1,7 @@
 """One self-contained HTML page about evaluations (`evaluation.json` of `dsara evaluate`) and
 transfer matrices (`transfer_matrix.json` of `dsara transfer-matrix`): the accuracy table with
-the detector's columns, each attack's constants and surrogates, AI-GAN's speed, the heat map.
+the detector's columns, each attack's constants and surrogates, AI-GAN's speed, the heat map, the
+sanity checks' accuracy vs eps and vs steps, and the evaluated run's training curves.
 Pictures are embedded; all text from the files is HTML-escaped; the page runs no script."""
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 from ..errors import DsaraError
 from ..files import write_text_atomic
 from ..suite import details_table
+from . import _mpl
 from .report import _CSS, _img
+from .train import curves_figure, load_train_run, sanity_curves, sanity_figure
 from .transfer import plot_transfer_matrix
 
 
@@ -50,7 +53,27 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.2f}%"
 
 
-def _evaluation_section(path: Path, d: dict) -> str:
+def _pictures(path: Path, d: dict, tmp: Path, index: int) -> str:
+    """The sanity curves of the evaluation, and the training curves of the run it evaluated."""
+    parts = []
+    if set(sanity_curves(d)) == {"eps", "steps"}:
+        fig = sanity_figure(d, str(d.get("meta", {}).get("model") or path.parent.name))
+        (png,) = _mpl.save(fig, tmp / f"sanity{index}", ("png",))
+        parts.append("<h3>Sanity checks: accuracy vs eps and vs attack steps</h3>"
+                     + _img(png, "accuracy vs eps and vs attack steps"))
+    checkpoint = Path(str(d.get("meta", {}).get("checkpoint") or path))
+    for run_dir in dict.fromkeys((checkpoint.parent, path.parent)):
+        if (run_dir / "metrics.json").is_file():
+            run = load_train_run(run_dir)
+            if run["metrics"].get("history"):
+                fig = curves_figure(run, run_dir.name)
+                (png,) = _mpl.save(fig, tmp / f"train{index}", ("png",))
+                parts.append("<h3>Training</h3>" + _img(png, "training curves"))
+            break
+    return "".join(parts)
+
+
+def _evaluation_section(path: Path, d: dict, tmp: Path, index: int) -> str:
     e = html.escape
     meta = d.get("meta", {})
     det = d.get("details", {}).get("detection")
@@ -79,7 +102,8 @@ def _evaluation_section(path: Path, d: dict) -> str:
     notes = details_table(d.get("details", {}))
     return (f'<section class="trial"><h2>{title}</h2><p class="meta">{info}<br>'
             f"from {e(str(path))}</p>{table}"
-            + (f"<pre>{e(notes)}</pre>" if notes else "") + "</section>")
+            + (f"<pre>{e(notes)}</pre>" if notes else "") + _pictures(path, d, tmp, index)
+            + "</section>")
 
 
 def _matrix_section(path: Path, d: dict, tmp: Path, index: int) -> str:
@@ -107,7 +131,7 @@ def render_evaluation_report(paths: list[Path], tmp: Path) -> str:
     for i, path in enumerate(paths):
         d = _load(path)
         sections.append(_matrix_section(path, d, tmp, i) if "models" in d
-                        else _evaluation_section(path, d))
+                        else _evaluation_section(path, d, tmp, i))
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>dsara evaluation report</title><style>{_CSS}</style></head>\n<body>\n"
