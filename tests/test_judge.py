@@ -145,3 +145,15 @@ def test_skip_cap_keeps_at_most_m_skips_in_the_capped_cells_only():
     skips = [op for op, _ in capped.cells["accurate"].edges if op == "skip_connect"]
     assert len(skips) == 1 and capped.cells["reduce"] == plain.cells["reduce"]
     assert derive(alphas, ops, 2, skip_cap=4, capped=("accurate",)) == plain
+
+
+def test_the_verdict_table_keeps_three_columns():
+    import re
+
+    from dsara.experiment.judge import Check
+    from dsara.experiment.report import judgement_markdown
+
+    checks = [Check("a | b", True, "x|y"), Check("max abs Δα >= 0.05", False, "below: u 0.01")]
+    lines = judgement_markdown({"checks": checks, "verdict": verdict(checks), "comparisons": []})
+    rows = [line for line in lines if line.startswith("| ")]
+    assert rows and all(len(re.findall(r"(?<!\\)\|", row)) == 4 for row in rows)

@@ -78,7 +78,7 @@ def check_runs(rows: list[dict[str, Any]], c: Criteria, alpha_init_std: float,
     low = [f"{r['unit']} {t} {s:.3g}" for r in searched
            for t, s in r["search"]["alpha_shift"].items() if s < need]
     shifts = [s for r in searched for s in r["search"]["alpha_shift"].values()]
-    checks.append(Check(f"alpha left its initialisation: max |Δα| >= {c.alpha_moved:g} x "
+    checks.append(Check(f"alpha left its initialisation: max abs Δα >= {c.alpha_moved:g} x "
                         f"{alpha_init_std:g} = {need:.3g} in every cell type of every search",
                         bool(searched) and not low,
                         ("below: " + ", ".join(low)) if low else

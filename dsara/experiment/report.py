@@ -157,7 +157,7 @@ def judgement(exp, rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
 def judgement_markdown(j: dict[str, Any]) -> list[str]:
     lines = ["\n## Can this run answer its question?\n", f"**Verdict: {j['verdict']}.**\n",
              "| criterion | held | what the results show |", "|---|---|---|"]
-    lines += [f"| {c.criterion} | {'yes' if c.held else '**no**'} | {c.detail} |"
+    lines += [f"| {_cell(c.criterion)} | {'yes' if c.held else '**no**'} | {_cell(c.detail)} |"
               for c in j["checks"]]
     if j["comparisons"]:
         first = j["comparisons"][0]
@@ -179,6 +179,11 @@ def judgement_markdown(j: dict[str, Any]) -> list[str]:
             lines.append(f"| {c['source']} | {BOOTSTRAP_METRICS[c['metric']]} | "
                          f"{c['searched_runs']} | {c['random_cells']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a '|' would split it)."""
+    return text.replace("|", "\\|")
 
 
 def report_markdown(name: str, exp, rows: list[dict[str, Any]], states: dict[str, str]) -> str:
