@@ -169,6 +169,30 @@ def parse_attacks(text: str | Sequence[str]) -> list[str]:
 NCHW_ONLY = {"autoattack"}  # attacks whose library needs contiguous NCHW inputs and gradients
 
 
+class _ToChannelsLast(torch.autograd.Function):
+    """x -> channels_last copy; the gradient goes back contiguous NCHW (as the caller's x)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class NCHWFacade(nn.Module):
+    """A channels_last model seen as an NCHW one: the attack passes and receives standard-layout
+    tensors (AutoAttack .view()s its gradients), the model computes in the fast layout."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(_ToChannelsLast.apply(x))
+
+
 def prepare_for_eval(model: nn.Module) -> nn.Module:
     """Eval mode and fp32; a model left in train mode is switched with a warning."""
     if model.training:
@@ -239,12 +263,12 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
             t0 = time.perf_counter()
             pace = Pace(f"evaluate {name} ({i + 1}/{len(names)} attacks)", len(loader),
                         unit="batch")  # lines where no bar is drawn
-            # AutoAttack's code .view()s input gradients: it gets the standard layout
+            # AutoAttack's code .view()s input gradients: it sees the standard layout
             plain = channels_last and name in NCHW_ONLY
-            model.to(memory_format=torch.contiguous_format if plain else layout)
+            seen = NCHWFacade(model) if plain else model
             for x, y in bar(loader.epoch(0), total=len(loader), desc=name, unit="batch"):
                 x = x.contiguous() if plain else x
-                correct[name].append(_correct_under(model, attack, x, y, eps, gen, name))
+                correct[name].append(_correct_under(seen, attack, x, y, eps, gen, name))
                 pace.update()
             seconds[name] = time.perf_counter() - t0
     per_sample = {k: torch.cat(v) for k, v in correct.items()}

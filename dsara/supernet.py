@@ -148,8 +148,10 @@ class Supernet(nn.Module):
         """`macro` (e.g. the final size) with the derived activation in place of the candidates."""
         return dataclasses.replace(macro, activation=compact(self.derived_activation()))
 
-    def forward(self, x):
-        weights = {t: torch.softmax(a.float(), dim=-1) for t, a in self.alphas.items()}
+    def forward(self, x, weights: dict[str, torch.Tensor] | None = None):
+        """Logits; `weights` (per cell type, (edges, ops)) replaces softmax(alpha) where given
+        (perturbation-based selection masks and discretizes edges through it)."""
+        weights = weights or {t: torch.softmax(a.float(), dim=-1) for t, a in self.alphas.items()}
         edges = self.edge_weights()
         s0 = s1 = self.stem(self.normalize(x))
         for cell, t in zip(self.cells, self.cell_types):

@@ -112,6 +112,33 @@ def test_per_image_results_and_channels_last_give_the_same_evaluation(run_dir, t
     assert differ <= 1  # float rounding of another layout may flip one borderline image
 
 
+def test_an_nchw_only_attack_runs_on_a_channels_last_model_with_standard_layout_gradients(
+        run_dir, test_set):
+    """AutoAttack .view()s input gradients: under channels_last it sees NCHW tensors while the
+    model computes in the fast layout (NCHWFacade); a stand-in that .view()s must work and give
+    the plain layout's numbers."""
+    model, _, _ = load_trained(run_dir)
+    data = test_set.subset(torch.arange(32))
+    seen = []
+
+    def viewing_fgsm(m, x, y, eps, gen):
+        x = x.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(m(x), y), x)
+        seen.append(grad.is_contiguous())
+        step = grad.view(grad.shape[0], -1).sign().view(x.shape)  # fails on a channels_last grad
+        return (x + eps * step).clamp(0, 1).detach()
+
+    plain = evaluate(model, data, ["autoattack"], 8 / 255, attack_fns={"autoattack": viewing_fgsm})
+    fast = evaluate(model, data, ["autoattack"], 8 / 255, attack_fns={"autoattack": viewing_fgsm},
+                    channels_last=True)
+    assert seen and all(seen)
+    differ = sum(a != b for a, b in zip(fast.per_sample["autoattack"],
+                                        plain.per_sample["autoattack"]))
+    assert differ <= 1
+    assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last) or \
+        all(p.dim() != 4 for p in model.parameters())
+
+
 def test_a_model_left_in_train_mode_is_switched_with_a_warning(run_dir, test_set):
     model, _, _ = load_trained(run_dir)
     model.train()

@@ -226,6 +226,31 @@ def test_a_source_reusing_a_search_derives_its_alpha_again_with_the_skip_cap(tmp
     assert not (tmp_path / "capped/seed-0/search").exists()  # no second search
 
 
+def test_a_source_reusing_a_search_can_choose_its_cells_by_perturbation(tmp_path):
+    """DARTS-PT's selection (reconstruction) as a source: the searched supernet, no new search."""
+    import json
+
+    raw = smoke_raw()
+    raw["sources"] = {"dsara": {"kind": "dsara", "seeds": [0]},
+                      "pt": {"kind": "dsara", "reuse": "dsara", "seeds": [0],
+                             "search": {"selection": "pt", "pt_images": 16}}}
+    raw["retrain"]["epochs"] = 1
+    exp = experiment_from_dict(raw)
+    out = [run_unit(exp, u, tmp_path / u.dir_name, None, lambda line: None)
+           for u in exp.units()]
+    arch = json.loads((tmp_path / "pt/seed-0/architecture.json").read_text())
+    record = json.loads((tmp_path / "pt/seed-0/pt_selection.json").read_text())
+    assert arch["provenance"]["rederived"]["selection"] == "pt"
+    assert record["images"] == 16 and record["evaluations"] > 1
+    chosen = {k: v["op"] for k, v in record["ops"].items()}
+    kept = record["edges"]["accurate/node0"]["kept"]
+    assert [tuple(e) for e in arch["genotype"]["accurate"]["edges"][:2]] == \
+        [(chosen[f"accurate/{j}"], j) for j in kept]
+    assert out[1]["search"]["alpha_shift"] == out[0]["search"]["alpha_shift"]  # the same search
+    assert out[1]["seconds"]["search"] > 0  # the selection's own time
+    assert not (tmp_path / "pt/seed-0/search").exists()
+
+
 @pytest.mark.parametrize("change, says", [
     ({"reuse": "nope"}, "must name a source that searches"),
     ({"reuse": "dsara", "search": {"epochs": 3}}, "only derives again"),

@@ -67,7 +67,7 @@ SEARCHING = {
     "darts": {"stage1": "all", "pgd_steps": 0},  # clean DARTS: weights and alpha on clean CE
 }
 KINDS = (*SEARCHING, "random", "published", "baseline")
-DERIVATION_ONLY = {"skip_cap"}  # SearchConfig fields that change the derived cells, not the search
+DERIVATION_ONLY = {"skip_cap", "selection", "pt_images", "pt_measure"}  # SearchConfig fields that change the derived cells, not the search
 DEFAULT_ATTACKS = ("clean", "pgd20", "cw")
 DEFAULT_AUTOATTACK_N = 1000
 

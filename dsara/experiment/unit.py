@@ -80,14 +80,15 @@ def architecture(exp: Experiment, source: Source, unit: Unit, unit_dir: Path,
         arch = sample_architectures(space, source.count, unit.seed)[unit.index]
         return str(save_architecture(arch, unit_dir / "architecture.json")), {}, 0.0
     if source.reuse:
-        return rederive(exp, source, unit, unit_dir, log)
+        return rederive(exp, source, unit, unit_dir, data_root, log)
     return search(exp, source, unit, unit_dir / "search", data_root, log, stop)
 
 
-def rederive(exp: Experiment, source: Source, unit: Unit, unit_dir: Path, log: Log
-             ) -> tuple[str, dict, float]:
+def rederive(exp: Experiment, source: Source, unit: Unit, unit_dir: Path, data_root: str | None,
+             log: Log) -> tuple[str, dict, float]:
     """Derive the finished search of `source.reuse` at this seed again with this source's
-    derivation options (skip_cap): the same alpha, cells derived another way."""
+    derivation options (skip_cap, or selection = "pt" on the searched supernet): the same
+    search, cells derived another way. Returns the derivation's seconds as search seconds."""
     from ..archfile import Architecture, load_architecture, save_architecture
     from ..search.config import from_saved
     from ..space import load_space
@@ -102,18 +103,37 @@ def rederive(exp: Experiment, source: Source, unit: Unit, unit_dir: Path, log: L
                            "which has not finished yet; it runs once that unit has searched")
     skip_cap = source.search.get("skip_cap")
     searched = load_architecture(run_dir / "architecture.json")
-    net = build_supernet(load_space(cfg.space, cfg.space_overrides),
-                         searched.macro.num_classes, partial_k=cfg.partial_k)
-    arch_keys = {k for k in state["model"] if k.startswith(("alphas.", "edge_betas."))}
-    net.load_state_dict({k: state["model"][k] for k in arch_keys}, strict=False)
-    genotype = net.genotype(skip_cap)
-    prov = {**searched.provenance, "rederived": {"from": str(run_dir), "skip_cap": skip_cap}}
+    space = load_space(cfg.space, cfg.space_overrides)
+    t0 = time.perf_counter()
+    if source.search.get("selection", "magnitude") == "pt":
+        from ..search.perturb import select_for
+
+        # the whole searched supernet (weights too), with this source's derivation options
+        derive_cfg = exp.search_config(source, unit.seed, run_dir, data_root)
+        m = searched.macro
+        net = build_supernet(space, m.num_classes, m.mean, m.std, cfg.partial_k)
+        net.load_state_dict(state["model"])
+        log(f"  {unit.key}: {source.reuse}/s{unit.seed}'s supernet, cells chosen by "
+            f"perturbation (DARTS-PT reconstruction, {derive_cfg.pt_images} images)")
+        genotype, record = select_for(derive_cfg, net)
+        write_json_atomic(unit_dir / "pt_selection.json", record)
+        how = {"selection": "pt", "pt_images": derive_cfg.pt_images,
+               "pt_measure": derive_cfg.pt_measure}
+    else:
+        net = build_supernet(space, searched.macro.num_classes, partial_k=cfg.partial_k)
+        arch_keys = {k for k in state["model"] if k.startswith(("alphas.", "edge_betas."))}
+        net.load_state_dict({k: state["model"][k] for k in arch_keys}, strict=False)
+        genotype = net.genotype(skip_cap)
+        how = {"skip_cap": skip_cap}
+        log(f"  {unit.key}: {source.reuse}/s{unit.seed}'s alpha derived with skip_cap = "
+            f"{skip_cap}")
+    seconds = time.perf_counter() - t0
+    prov = {**searched.provenance, "rederived": {"from": str(run_dir), **how}}
     arch = Architecture(genotype, searched.macro, prov).validate()
-    log(f"  {unit.key}: {source.reuse}/s{unit.seed}'s alpha derived with skip_cap = {skip_cap}")
     final = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     final["param_free"] = {t: c.parameter_free() for t, c in genotype.cells.items()}
     return (str(save_architecture(arch, unit_dir / "architecture.json")),
-            diagnostics(run_dir, final), 0.0)
+            diagnostics(run_dir, final), seconds)
 
 
 def search(exp, source, unit, run_dir: Path, data_root, log, stop) -> tuple[str, dict, float]:

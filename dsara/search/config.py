@@ -88,6 +88,14 @@ class SearchConfig:
     # skip_connect ops in each normal (non-reduction) cell type, re-deriving after zeroing the
     # weakest skip weight; P-DARTS uses 2. Only the derived cells change, not the search.
     skip_cap: int | None = None
+    # how the cells are chosen from the trained supernet: "magnitude" (DARTS: the largest
+    # softmax(alpha), the authors') | "pt" (opt-in remedy: perturbation-based selection, a
+    # simplified reconstruction of DARTS-PT, Wang et al., ICLR 2021 -- no fine-tuning between
+    # decisions; search/perturb.py): the op / edges whose removal hurts the supernet's PGD
+    # accuracy most on `pt_images` fixed images of the arch-validation half
+    selection: str = "magnitude"
+    pt_images: int = 256
+    pt_measure: str = "accuracy"  # accuracy (ties by the loss, as DARTS-PT) | loss
 
     # the two-stage objective
     lam: float = 0.1  # weight of the adversarial loss in stage 2 (reference lambda)
@@ -131,6 +139,13 @@ class SearchConfig:
             (self.partial_k >= 1, f"partial_k must be >= 1, got {self.partial_k}"),
             (self.skip_cap is None or self.skip_cap >= 0, f"skip_cap must be >= 0, got "
              f"{self.skip_cap}"),
+            (self.selection in ("magnitude", "pt"), f"selection must be magnitude or pt, got "
+             f"{self.selection!r}"),
+            (self.pt_images >= 1, f"pt_images must be >= 1, got {self.pt_images}"),
+            (self.pt_measure in ("accuracy", "loss"), f"pt_measure must be accuracy or loss, "
+             f"got {self.pt_measure!r}"),
+            (self.selection != "pt" or self.skip_cap is None, "selection pt chooses the cells "
+             "by perturbation; skip_cap applies to the magnitude derivation: set one of them"),
             (self.combine in ("mgda", "sum"), f"combine must be mgda or sum, got "
              f"{self.combine!r}"),
             (self.order in ("first", "second"), f"order must be first or second, got "
@@ -190,7 +205,8 @@ def default_stage1(epochs: int) -> int:
 
 _FLOATS = {"arch_fraction", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
            "arch_weight_decay", "alpha_init_std", "lam", "weight_beta"}
-_INTS = {"partial_k", "data_seed", "epochs", "batch_size", "seed", "pgd_steps", "lr_epoch_offset"}
+_INTS = {"partial_k", "data_seed", "epochs", "batch_size", "seed", "pgd_steps", "lr_epoch_offset",
+         "pt_images"}
 
 # What a config saved before a field existed ran with (`from_saved`): the value the older code used.
 LEGACY = {"lr_epoch_offset": 0}

@@ -30,6 +30,7 @@ from ..archfile import Architecture, provenance, save_architecture
 from ..data import Loader, SyntheticConfig, load_dataset, split_train
 from ..device import resolve_device, use_bf16, use_channels_last
 from ..errors import DsaraError, Interrupted
+from ..files import write_json_atomic
 from ..genotype import Genotype
 from ..lock import run_lock
 from ..progress import Pace, bar, duration, rate_text, write
@@ -208,6 +209,21 @@ class Search:
         return Architecture(self.model.genotype(self.cfg.skip_cap), self.model.derived_macro(macro),
                             prov).validate()
 
+    def pt_architecture(self, magnitude: Architecture, rd: RunDir | None) -> Architecture:
+        """The finished search's cells chosen by perturbation (search/perturb.py, a labelled
+        reconstruction of DARTS-PT); written over architecture.json, with every decision in
+        pt_selection.json, by the process that owns the run directory (`rd`)."""
+        from .perturb import select_for
+
+        genotype, record = select_for(self.cfg, self.model)
+        prov = {**magnitude.provenance, "selection": "pt (DARTS-PT reconstruction, no "
+                "fine-tuning)", "magnitude_genotype": magnitude.genotype.to_dict()}
+        arch = Architecture(genotype, magnitude.macro, prov).validate()
+        if rd is not None:
+            save_architecture(arch, rd.architecture)
+            write_json_atomic(rd.path / "pt_selection.json", record)
+        return arch
+
     def alphas(self) -> dict[str, list]:
         return {t: a.detach().float().cpu().tolist() for t, a in self.model.alphas.items()}
 
@@ -289,7 +305,10 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, state: dict |
             for callback in callbacks:  # every rank: the record is the same (rank-reduced)
                 callback(record)
     search.dist.barrier()  # rank 0 has written everything
-    return SearchResult(rd.path, search.architecture(cfg.epochs), rd.read_metrics(), resumed_from)
+    arch = search.architecture(cfg.epochs)
+    if cfg.selection == "pt":  # opt-in: the cells chosen by perturbation, not by magnitude
+        arch = search.pt_architecture(arch, rd if main else None)
+    return SearchResult(rd.path, arch, rd.read_metrics(), resumed_from)
 
 
 def projection(cfg: SearchConfig, search: Search, done: int, per_step: float) -> str:
