@@ -7,16 +7,16 @@ Public API::
     model = dsara.build_model("ARNAS", cells=8, channels=16)     # or an architecture file
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # The public API is imported on first use (PEP 562), so that `import dsara` and `dsara --help` do
 # not pay for torch; `from dsara import X` works as before.
 _API = {
-    "Architecture": "archfile", "load_architecture": "archfile",
-    "resolve_architecture": "archfile", "save_architecture": "archfile",
-    "DsaraError": "errors", "Genotype": "genotype", "parse_genotype": "genotype",
-    "build_model": "models", "SearchSpace": "space", "list_spaces": "space",
-    "load_space": "space", "Supernet": "supernet", "build_supernet": "supernet",
+    "Architecture": "arch.archfile", "load_architecture": "arch.archfile",
+    "resolve_architecture": "arch.archfile", "save_architecture": "arch.archfile",
+    "DsaraError": "errors", "Genotype": "arch.genotype", "parse_genotype": "arch.genotype",
+    "build_model": "arch.build", "SearchSpace": "arch.space", "list_spaces": "arch.space",
+    "load_space": "arch.space", "Supernet": "arch.supernet", "build_supernet": "arch.supernet",
 }
 
 

@@ -13,8 +13,8 @@ import importlib
 import re
 import sys
 
-from . import __version__
 from .errors import DsaraError, Interrupted
+from .version import __version__
 
 # command -> (module that registers it, one-line help); only the command being run is imported,
 # so `dsara --help` and a mistyped command answer without importing torch

@@ -4,7 +4,7 @@ machine (logic in dsara/train/methods/bench.py).
     OMP_NUM_THREADS=1 python scripts/bench_methods.py --device cpu --rounds 5 --json methods.json
 """
 
-from dsara.train.methods.bench import main
+from dsara.bench.methods import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

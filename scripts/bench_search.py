@@ -4,7 +4,7 @@
     python scripts/bench_search.py --device cpu --size small --batch 8 --steps 3 --warmup 1
 """
 
-from dsara.bench import main
+from dsara.bench.search import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

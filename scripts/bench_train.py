@@ -5,7 +5,7 @@ reference path (see dsara/bench_train.py).
     python scripts/bench_train.py --device cpu --size small --batch 32 --steps 3 --warmup 1
 """
 
-from dsara.bench_train import main
+from dsara.bench.train import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

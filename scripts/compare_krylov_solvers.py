@@ -4,7 +4,7 @@ CG and MINRES apply; GMRES does not need symmetry and orthogonalizes against its
 
     python scripts/compare_krylov_solvers.py RUN_DIR --limit 200 [--device cpu]
 
-Prints the device, dtype (fp32), batch and repeats with every figure (logic: dsara.krylov)."""
+Prints the device, dtype (fp32), batch and repeats with every figure (logic: dsara.attacks.krylov)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from dataclasses import replace
 
 import torch
 
-from dsara.data import load_dataset
-from dsara.device import resolve_device
-from dsara.evaluate import load_trained, prepare_for_eval
-from dsara.krylov import SOLVERS, KrylovConfig, compare_solvers, so_krylov
+from dsara.attacks.krylov import SOLVERS, KrylovConfig, compare_solvers, so_krylov
+from dsara.data.datasets import load_dataset
+from dsara.evaluate.run import prepare_for_eval
+from dsara.train.checkpoint import load_trained
+from dsara.utils.device import resolve_device
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsara.data import load_dataset, write_downsampled
+from dsara.data.datasets import load_dataset, write_downsampled
 from dsara.errors import DsaraError
 
 NAME = "cifar10-16"

@@ -140,5 +140,5 @@ EOF
   fi
 } >"$out/section.md"
 section=$([ "$dry" = 1 ] && echo gpu-check-dry-run || echo gpu-check)
-"$PY" -m dsara.speed_doc "$page" "$section" "$out/section.md"
+"$PY" -m dsara.bench.speed_doc "$page" "$section" "$out/section.md"
 echo "gpu_check.sh: tables in $out/section.md and in section '$section' of $page"

@@ -4,7 +4,7 @@ side by side (see dsara/precision_check.py).
     OMP_NUM_THREADS=2 python scripts/precision_check.py --space tiny --epochs 4 --markdown out.md
 """
 
-from dsara.precision_check import main
+from dsara.bench.precision import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

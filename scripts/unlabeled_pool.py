@@ -7,7 +7,7 @@
 
 import argparse
 
-from dsara.train.loop import TrainConfig
+from dsara.train.config import TrainConfig
 from dsara.train.methods.mart_ss import write_unused_training_images
 
 

@@ -9,12 +9,12 @@ from _shared import TINY_GENOTYPE
 
 import dsara
 from dsara import DsaraError
-from dsara.activations import ACTIVATIONS, MixedActivation, Sparta, make_activation, resolve
-from dsara.archfile import from_genotype_text, load_architecture, save_architecture
-from dsara.network import Network
+from dsara.arch.activations import ACTIVATIONS, MixedActivation, Sparta, make_activation, resolve
+from dsara.arch.archfile import from_genotype_text, load_architecture, save_architecture
+from dsara.arch.network import Network
+from dsara.arch.space import load_space
+from dsara.arch.supernet import Supernet
 from dsara.search import SearchConfig, run
-from dsara.space import load_space
-from dsara.supernet import Supernet
 
 
 def test_sparta_with_no_neighbour_weight_is_exactly_swish():
@@ -96,8 +96,8 @@ def test_arnas_cell_with_each_activation_builds_trains_and_evaluates(name, tmp_p
     out = model(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     # the architecture file records the activation and rebuilds the same network
-    arch = dsara.archfile.builtin_architecture("ARNAS").resized(5, 8)
-    arch = dsara.archfile.Architecture(arch.genotype, type(arch.macro)(
+    arch = dsara.arch.archfile.builtin_architecture("ARNAS").resized(5, 8)
+    arch = dsara.arch.archfile.Architecture(arch.genotype, type(arch.macro)(
         **{**arch.macro.__dict__, "activation": name}), name="ARNAS")
     back = load_architecture(save_architecture(arch, tmp_path / "a.json"))
     assert back.macro.activation == name

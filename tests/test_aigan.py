@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from dsara.aigan import (
+from dsara.attacks.aigan import (
     AiGanAttack,
     AiGanConfig,
     Generator,

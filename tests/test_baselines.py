@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import dsara
-from dsara.baselines import BASELINES, baseline_name, build_baseline
+from dsara.arch.baselines import BASELINES, baseline_name, build_baseline
+from dsara.arch.network import Normalize
 from dsara.errors import DsaraError
-from dsara.network import Normalize
 
 TINY = [name for name in BASELINES if name.endswith("_tiny")]
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from dsara.bench import _min_norm_on_floats, main, projected_hours, saved_activation_bytes
+from dsara.arch.space import load_space
+from dsara.arch.supernet import build_supernet
+from dsara.bench.search import _min_norm_on_floats, main, projected_hours, saved_activation_bytes
 from dsara.search.mgda import flat, min_norm_gamma
-from dsara.space import load_space
-from dsara.supernet import build_supernet
 
 
 def test_cpu_smoke_run_reports_both_paths_and_the_ratio(tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsara.bench_train import OptimizedTrainStep, ReferenceTrainStep, main, reference_trades_attack
-from dsara.models import build_model
+from dsara.arch.build import build_model
+from dsara.bench.train import OptimizedTrainStep, ReferenceTrainStep, main, reference_trades_attack
 from dsara.train.losses import AdvParams, trades_objective
 
 
@@ -90,7 +90,7 @@ def test_unknown_model_is_one_line_error(capsys):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_training_step_never_syncs_with_the_host_on_cuda():
-    from dsara.data import SyntheticConfig, load_dataset
+    from dsara.data.datasets import SyntheticConfig, load_dataset
 
     cuda = torch.device("cuda")
     model = build_model("ARNAS", cells=5, channels=8)
@@ -112,7 +112,7 @@ def test_training_step_never_syncs_with_the_host_on_cuda():
 
 
 def test_round_robin_takes_the_paths_in_turns_after_their_warmup():
-    from dsara.bench_train import round_robin
+    from dsara.bench.train import round_robin
 
     calls = []
     paths = [lambda: calls.append("a"), lambda: calls.append("b")]

@@ -5,14 +5,14 @@ import random
 
 import pytest
 
-from dsara.archfile import Architecture, save_architecture
-from dsara.baselines import BASELINES, build_baseline
-from dsara.budget import counter, fit_budget, parse_params, step_down, step_up
+from dsara.arch.archfile import Architecture, save_architecture
+from dsara.arch.baselines import BASELINES, build_baseline
+from dsara.arch.budget import counter, fit_budget, parse_params, step_down, step_up
+from dsara.arch.profile import count_parameters
+from dsara.arch.sample import sample_genotype
+from dsara.arch.space import list_spaces, load_space
 from dsara.cli import main
 from dsara.errors import DsaraError
-from dsara.profile import count_parameters
-from dsara.sample import sample_genotype
-from dsara.space import list_spaces, load_space
 
 
 @pytest.mark.parametrize("text, value", [("1.2M", 1_200_000), ("800k", 800_000),
@@ -105,7 +105,7 @@ def test_train_params_builds_the_fitted_network(tmp_path):
     config = json.loads((out / "config.json").read_text())
     fit = fit_budget("resnet_tiny", 20_000)
     assert config["params"] == 20_000 and config["width"] == fit.value
-    from dsara.evaluate import load_trained
+    from dsara.train.checkpoint import load_trained
 
     model, _, _ = load_trained(out)
     assert count_parameters(model) == fit.params

@@ -19,7 +19,7 @@ def test_arch_info_resizes_and_prints_json(capsys):
 
 
 def test_arch_info_of_a_file(tmp_path, capsys):
-    from dsara.archfile import builtin_architecture, save_architecture
+    from dsara.arch.archfile import builtin_architecture, save_architecture
 
     path = save_architecture(builtin_architecture("PC_DARTS"), tmp_path / "pc.json")
     assert main(["arch", "info", str(path), "--cells", "5", "--channels", "8"]) == 0

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from dsara import DsaraError
-from dsara.baselines import build_baseline
+from dsara.arch.baselines import build_baseline
+from dsara.arch.compressed import GDWSConv, Tucker2Conv, apply_structure, eligible_convs
+from dsara.arch.profile import count_macs, count_parameters
 from dsara.cli import main
-from dsara.compress.bench import BenchConfig, bench, table
 from dsara.compress.gdws import (
     ChannelSVD,
     GDWSConfig,
@@ -23,7 +24,6 @@ from dsara.compress.gdws import (
     mego_kernels,
     plan_layer,
 )
-from dsara.compress.layers import GDWSConv, Tucker2Conv, apply_structure, eligible_convs
 from dsara.compress.lowrank import (
     ConvFactors,
     LowRankConfig,
@@ -32,7 +32,7 @@ from dsara.compress.lowrank import (
     tucker2_macs,
     tucker2_params,
 )
-from dsara.profile import count_macs, count_parameters
+from dsara.compress.throughput import BenchConfig, bench, table
 from dsara.train.checkpoint import build_from_spec, load_checkpoint, load_model, save_checkpoint
 
 CONVS = [  # (C, M, K, stride, padding, dilation, bias)

@@ -11,18 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from dsara.data import (
+from dsara.data.datasets import (
     DATASETS,
     ImageSet,
-    Loader,
     SyntheticConfig,
-    augment_batch,
     channel_stats,
     load_dataset,
     make_synthetic,
-    split_train,
-    stratified_subset,
 )
+from dsara.data.loader import Loader, augment_batch
+from dsara.data.split import split_train, stratified_subset
 from dsara.errors import DsaraError
 
 SMALL = SyntheticConfig(n_train=300, n_test=100, num_classes=5, image_size=16, seed=3)
@@ -307,7 +305,7 @@ def _torchvision_refuses(name, root, train, download):
 def test_cifar_pickles_that_torchvision_refuses_are_read(tmp_path, monkeypatch):
     import pickle
 
-    monkeypatch.setattr("dsara.data._torchvision_split", _torchvision_refuses)
+    monkeypatch.setattr("dsara.data.datasets._torchvision_split", _torchvision_refuses)
 
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -328,7 +326,7 @@ def test_cifar_pickles_that_torchvision_refuses_are_read(tmp_path, monkeypatch):
 def test_cifar_pickle_cannot_run_code(tmp_path, monkeypatch):
     import pickle
 
-    monkeypatch.setattr("dsara.data._torchvision_split", _torchvision_refuses)
+    monkeypatch.setattr("dsara.data.datasets._torchvision_split", _torchvision_refuses)
 
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 
 from dsara import DsaraError
-from dsara.data import ImageSet, Loader
+from dsara.data.datasets import ImageSet
+from dsara.data.loader import Loader
 from dsara.search import SearchConfig, run
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),

@@ -13,24 +13,19 @@ import torch.nn.functional as F
 from _shared import TINY_GENOTYPE
 from torch import nn
 
-from dsara import evaluate as evaluate_module
-from dsara.archfile import from_genotype_text, save_architecture
-from dsara.attacks import BrokenAttack, check_adversarial
+from dsara.arch.archfile import from_genotype_text, save_architecture
+from dsara.attacks.autoattack import AutoAttackConfig, _autoattack
+from dsara.attacks.base import BrokenAttack, check_adversarial
+from dsara.attacks.registry import ATTACKS, cw_margin, parse_attacks
 from dsara.cli import main
 from dsara.commands.evaluate import DEFAULT_ATTACKS
-from dsara.data import ImageSet, SyntheticConfig, load_dataset
+from dsara.data.datasets import ImageSet, SyntheticConfig, load_dataset
 from dsara.errors import DsaraError
-from dsara.evaluate import (
-    ATTACKS,
-    AutoAttackConfig,
-    _autoattack,
-    cw_margin,
-    evaluate,
-    load_trained,
-    parse_attacks,
-    sanity_checks,
-)
+from dsara.evaluate import sanity as sanity_module
+from dsara.evaluate.run import evaluate
+from dsara.evaluate.sanity import sanity_checks
 from dsara.train import TrainConfig, run
+from dsara.train.checkpoint import load_trained
 
 SYNTH = {"n_train": 320, "n_test": 64, "image_size": 8, "num_classes": 4}
 
@@ -235,7 +230,7 @@ def test_every_sanity_check_can_fail(test_set):
 
 def pgd_without_projection(model, x, y, eps, step_size, steps, random_start=True, loss_fn=None,
                            generator=None, start=None):
-    """A mutant of `dsara.attacks.pgd`: the eps-ball projection is gone, only [0, 1] remains."""
+    """A mutant of `dsara.attacks.gradient.pgd`: the eps-ball projection is gone, only [0, 1] remains."""
     x_adv = x.detach().float().clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -249,7 +244,7 @@ def test_eps_zero_check_catches_a_pgd_without_projection(run_dir, test_set, monk
     model, _, _ = load_trained(run_dir)
     x, y = images(test_set.subset(torch.arange(32)))
     assert "eps=0 gives clean accuracy" not in _fails(model, x, y)
-    monkeypatch.setattr(evaluate_module, "pgd", pgd_without_projection)
+    monkeypatch.setattr(sanity_module, "pgd", pgd_without_projection)
     assert "eps=0 gives clean accuracy" in _fails(model, x, y)
 
 
@@ -304,7 +299,7 @@ def test_tf32_is_off_while_evaluating_and_restored_after(test_set):
 def test_fp32_math_under_the_newer_precision_api():
     """Once fp32_precision was set, PyTorch refuses to read allow_tf32: fp32_math then uses the
     newer flags (in a subprocess, since the switch cannot be undone in this one)."""
-    code = ("import torch; from dsara.device import fp32_math; b = torch.backends; "
+    code = ("import torch; from dsara.utils.device import fp32_math; b = torch.backends; "
             "b.cuda.matmul.fp32_precision = b.cudnn.conv.fp32_precision = 'tf32'\n"
             "with fp32_math(): inside = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision)\n"
             "print(inside, (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision))")

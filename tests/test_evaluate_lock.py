@@ -1,4 +1,4 @@
-"""`dsara evaluate` owns the run directory it writes its report into (`dsara.lock`): while another
+"""`dsara evaluate` owns the run directory it writes its report into (`dsara.utils.lock`): while another
 process does -- the run's own training, or a second evaluation -- it is refused in one line naming
 the owner, and writes nothing; once the owner is gone it runs."""
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from dsara.config import read_toml
 from dsara.errors import DsaraError
 from dsara.experiment import runner
 from dsara.experiment.definition import (
@@ -22,6 +21,7 @@ from dsara.experiment.definition import (
 )
 from dsara.experiment.report import report_markdown, results, source_table, versus_random
 from dsara.experiment.unit import eval_subset, run_unit
+from dsara.utils.config import read_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_table_and_searched_minus_best_random_by_hand():
 
 
 def test_test_subset_is_stratified_and_fixed():
-    from dsara.data import SyntheticConfig, make_synthetic
+    from dsara.data.datasets import SyntheticConfig, make_synthetic
 
     _, test = make_synthetic(SyntheticConfig(n_train=20, n_test=200, image_size=8))
     (a, record), (b, _) = eval_subset(test, 50, 0), eval_subset(test, 50, 0)

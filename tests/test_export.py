@@ -17,19 +17,19 @@ import torch
 from _shared import TINY_GENOTYPE
 
 import dsara
-from dsara.archfile import from_genotype_text, save_architecture
-from dsara.baselines import BASELINES, build_baseline
+from dsara.arch.archfile import from_genotype_text, save_architecture
+from dsara.arch.baselines import BASELINES, build_baseline
+from dsara.arch.genotype import get_published, parse_genotype
 from dsara.cli import main
 from dsara.errors import DsaraError
-from dsara.evaluate import load_trained
 from dsara.export import ExportOptions, export, standalone
 from dsara.export.genotype_text import authors_text
 from dsara.export.portable import check_matches
 from dsara.export.robustbench import eps_text
 from dsara.export.source import Source, load_source
-from dsara.genotype import get_published, parse_genotype
 from dsara.train import TrainConfig
 from dsara.train import run as train_run
+from dsara.train.checkpoint import load_trained
 
 SYNTH = {"n_train": 80, "n_test": 24, "image_size": 8, "num_classes": 4}
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_check_matches_refuses_an_unfaithful_export(runs):
 def test_genotype_is_the_authors_text(runs, tmp_path):
     arnas = get_published("ARNAS")
     published = next(line.split(" = ", 1)[1] for line in
-                      (ROOT / "dsara" / "published_cells.txt").read_text().splitlines()
+                      (ROOT / "dsara" / "arch" / "published_cells.txt").read_text().splitlines()
                       if line.startswith("ARNAS = "))
     assert authors_text(arnas) == published  # character for character
     assert main(["export", "ARNAS", "--format", "genotype", "--out", str(tmp_path / "g.txt")]) == 0

@@ -123,7 +123,7 @@ def test_a_smaller_evaluation_goes_beside_the_full_one_and_the_card_names_it(tra
 
 
 def test_pace_prints_every_tenth_and_every_30_s_with_rate_and_eta(capsys):
-    from dsara import progress
+    from dsara.utils import progress
 
     now = {"t": 0.0}
     pace = progress.Pace("work", 100, unit="batch", enabled=True, clock=lambda: now["t"])
@@ -154,7 +154,7 @@ def test_projection_says_days(tmp_path):
 
 def test_without_a_terminal_search_train_and_evaluate_print_progress_lines(tmp_path,
                                                                            monkeypatch, capsys):
-    from dsara import progress
+    from dsara.utils import progress
 
     monkeypatch.setattr(progress, "MIN_GAP_S", 0.0)  # a line per tenth, however fast the steps
     out = tmp_path / "s"
@@ -243,7 +243,8 @@ def test_the_quickstart_database_lock_is_ignored():
 
 @pytest.mark.parametrize("epochs", range(1, 13))
 def test_short_piecewise_schedules_start_at_lr_and_drop_one_step_at_a_time(epochs):
-    from dsara.train.loop import TrainConfig, lr_factor
+    from dsara.train.config import TrainConfig
+    from dsara.train.loop import lr_factor
 
     cfg = TrainConfig(arch="resnet_tiny", out="x", epochs=epochs)  # milestones 0.5, 0.75
     factors = [lr_factor(cfg, e) for e in range(epochs)]

@@ -5,15 +5,15 @@ import torch
 
 import dsara
 from dsara import DsaraError, parse_genotype
-from dsara.archfile import (
+from dsara.arch.archfile import (
     SCHEMA_VERSION,
     Architecture,
     builtin_architecture,
     load_architecture,
     save_architecture,
 )
-from dsara.genotype import derive, get_published, n_edges, published
-from dsara.profile import count_parameters
+from dsara.arch.genotype import derive, get_published, n_edges, published
+from dsara.arch.profile import count_parameters
 
 # Parameter counts the papers report for their CIFAR-10 networks (auxiliary head excluded).
 PAPER_PARAMS_M = {"DARTS_V2": 3.3, "PC_DARTS": 3.6, "ADVRUSH": 4.2, "PDARTS": 3.4, "RACL": 3.6}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dsara.speed_doc import replace_section
+from dsara.bench.speed_doc import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dsara.data import box_downsample, load_dataset, write_downsampled
+from dsara.arch.genotype import derive
+from dsara.data.datasets import box_downsample, load_dataset, write_downsampled
 from dsara.errors import DsaraError
 from dsara.experiment.judge import (
     NO_DIFFERENCE,
@@ -20,7 +21,6 @@ from dsara.experiment.judge import (
     paired_bootstrap,
     verdict,
 )
-from dsara.genotype import derive
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from dsara.attacks import fgsm
-from dsara.errors import DsaraError
-from dsara.krylov import (
+from dsara.attacks.gradient import fgsm
+from dsara.attacks.krylov import (
     SOLVERS,
     KrylovConfig,
     cg,
@@ -18,6 +17,7 @@ from dsara.krylov import (
     so_krylov,
     sum_ce,
 )
+from dsara.errors import DsaraError
 
 
 def matrices(n=6, batch=2, kind="spd", seed=0):
@@ -158,8 +158,8 @@ def test_config_errors_name_the_fix():
 
 
 def test_so_krylov_is_an_evaluate_attack():
-    from dsara.data import ImageSet
-    from dsara.evaluate import evaluate
+    from dsara.data.datasets import ImageSet
+    from dsara.evaluate.run import evaluate
 
     x, y = batch(6)
     data = ImageSet((x * 255).round().to(torch.uint8), y)
@@ -169,7 +169,7 @@ def test_so_krylov_is_an_evaluate_attack():
 
 
 def test_compare_solvers_rows():
-    from dsara.krylov import compare_solvers
+    from dsara.attacks.krylov import compare_solvers
 
     model, (x, y) = tiny_net(), batch()
     rows = compare_solvers(model, x, y, iters=(1, 4), repeats=1)

@@ -17,9 +17,9 @@ import pytest
 
 from dsara import DsaraError
 from dsara.cli import main
-from dsara.lock import LOCK_NAME, break_lock, lock_path, read_holder, run_lock
 from dsara.search import SearchConfig
 from dsara.search.rundir import RunDir
+from dsara.utils.lock import LOCK_NAME, break_lock, lock_path, read_holder, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ["--space", "tiny", "--dataset", "synthetic", "--set", "synthetic.n_train=32",
@@ -29,12 +29,12 @@ SEARCH = ["--space", "tiny", "--dataset", "synthetic", "--set", "synthetic.n_tra
 TRAIN = ["resnet_tiny", "--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test",
          "16", "--synthetic-size", "8", "--epochs", "1", "--steps", "1", "--batch-size", "16",
          "--val-size", "16", "--device", "cpu"]
-# holds the lock until its stdin closes; prints its record once it owns the directory. dsara.lock
+# holds the lock until its stdin closes; prints its record once it owns the directory. dsara.utils.lock
 # is imported without the package's __init__ (torch): the holder starts in a fraction of a second
 HOLDER = ("import sys, json, types\n"
           f"sys.modules['dsara'] = types.ModuleType('dsara'); sys.modules['dsara'].__path__ = "
           f"[{str(ROOT / 'dsara')!r}]\n"
-          "from dsara.lock import run_lock, read_holder\n"
+          "from dsara.utils.lock import run_lock, read_holder\n"
           "with run_lock(sys.argv[1]):\n"
           "    print(json.dumps(read_holder(sys.argv[1])), flush=True)\n"
           "    sys.stdin.read()\n")

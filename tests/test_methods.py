@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from _shared import TINY_GENOTYPE
 from torch import nn
 
-from dsara.archfile import from_genotype_text, save_architecture
-from dsara.attacks import fgsm, pgd
-from dsara.baselines import build_baseline
+from dsara.arch.archfile import from_genotype_text, save_architecture
+from dsara.arch.baselines import build_baseline
+from dsara.attacks.gradient import fgsm, pgd
+from dsara.attacks.krylov import KrylovConfig, krylov_direction
 from dsara.errors import DsaraError
-from dsara.krylov import KrylovConfig, krylov_direction
 from dsara.train import TrainConfig, losses, run
 from dsara.train.checkpoint import load_checkpoint
-from dsara.train.losses import METHODS, AdvParams
+from dsara.train.losses import AdvParams
+from dsara.train.methods import METHODS, extra, iat, jsigr, ladder, method_options, so_at
 from dsara.train.methods import bang as bang_mod
-from dsara.train.methods import extra, iat, jsigr, ladder, method_options, so_at
 from dsara.train.methods.bang import BANGOptions, bang_ce
 from dsara.train.methods.jsigr import JSIGROptions, jacobian_norm2, occlusion_mask
 
@@ -66,7 +66,7 @@ def _write_pngs(folder, images: torch.Tensor) -> None:
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory, teacher):
     """Unlabeled images: 24 training images (labels hidden), 5 test and 3 validation images."""
-    from dsara.train.loop import load_data
+    from dsara.train.split import load_data
 
     fit, val, test, _ = load_data(tiny_config("x").resolved())
     folder = tmp_path_factory.mktemp("pool")
@@ -102,7 +102,7 @@ def test_iat_with_lambda_one_is_half_clean_half_adversarial_ce(monkeypatch, mode
     p = AdvParams(8 / 255, 2 / 255, 3, options=method_options(name, {}))
     model.eval()  # BatchNorm in eval mode: the mixed forward and the reference see the same stats
     model.train = lambda mode=True: model  # keep it there while the method switches modes
-    loss, terms = METHODS[name][0](model, x, y, p, generator=torch.Generator().manual_seed(0))
+    loss, terms = METHODS[name].fn(model, x, y, p, generator=torch.Generator().manual_seed(0))
     x_adv = pgd(model, x, y, p.eps, p.step_size, p.steps, generator=torch.Generator().manual_seed(0))
     expected = 0.5 * F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(model(x_adv), y)
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
@@ -122,7 +122,7 @@ def test_iat_mixing_changes_the_loss_and_manifold_mixes_inside(model, batch):
 
 
 def test_cell_network_mix_points_are_the_cell_boundaries(tmp_path):
-    from dsara.models import build_model
+    from dsara.arch.build import build_model
 
     arch = save_architecture(from_genotype_text(TINY_GENOTYPE, "tiny"), tmp_path / "a.json")
     net = build_model(str(arch), num_classes=4, channels=4)
@@ -271,7 +271,7 @@ def test_every_adversarial_input_stays_in_the_eps_ball_and_the_image_box(
     else:
         monkeypatch.setattr(losses, "pgd", recording)  # every method crafts through losses.craft
     p = AdvParams(8 / 255, 4 / 255, 3, options=method_options(name, options))
-    loss, _ = METHODS[name][0](model, x, y, p, generator=torch.Generator().manual_seed(0))
+    loss, _ = METHODS[name].fn(model, x, y, p, generator=torch.Generator().manual_seed(0))
     assert seen and math.isfinite(loss.item())
     for xx, out, eps in seen:
         assert (out - xx).abs().max() <= eps + 1e-6 and out.min() >= 0 and out.max() <= 1
@@ -410,7 +410,7 @@ def test_so_at_starts_at_x_or_uniformly():
 
 
 def test_method_benchmark_times_every_method_against_pgd_at():
-    from dsara.train.methods.bench import MethodBenchConfig, markdown, run_bench
+    from dsara.bench.methods import MethodBenchConfig, markdown, run_bench
 
     report = run_bench(MethodBenchConfig(arch="resnet_tiny", cells=0, image_size=8, batch=4,
                                          rounds=1, warmup=0))
@@ -421,8 +421,8 @@ def test_method_benchmark_times_every_method_against_pgd_at():
 
 
 def test_unused_training_images_are_neither_trained_nor_validated_on(tmp_path):
-    from dsara.train.loop import load_data
     from dsara.train.methods.mart_ss import read_pool, write_unused_training_images
+    from dsara.train.split import load_data
 
     cfg = tiny_config(tmp_path / "run", train_size=40)
     assert write_unused_training_images(cfg, 100, tmp_path / "pool") == 96 - 16 - 40

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsara.arch.genotype import derive
 from dsara.errors import DsaraError
-from dsara.genotype import derive
 from dsara.search import SearchConfig, run
 from dsara.search.perturb import select
 

@@ -26,15 +26,15 @@ pytest.importorskip("matplotlib")
 PIL = pytest.importorskip("PIL.Image")
 
 from dsara import DsaraError, resolve_architecture  # noqa: E402
-from dsara.archfile import Architecture, provenance, save_architecture  # noqa: E402
+from dsara.arch.archfile import Architecture, provenance, save_architecture  # noqa: E402
+from dsara.arch.genotype import CellGenotype, Genotype  # noqa: E402
+from dsara.arch.space import load_space  # noqa: E402
 from dsara.cli import main  # noqa: E402
-from dsara.genotype import CellGenotype, Genotype  # noqa: E402
 from dsara.plot import cells as cells_mod  # noqa: E402
 from dsara.plot import draw_architecture, plot_search, plot_study, write_report  # noqa: E402
 from dsara.plot.cells import _positions, cell_dot  # noqa: E402
 from dsara.plot.search import read_jsonl  # noqa: E402
 from dsara.plot.study import importances, pareto_trials  # noqa: E402
-from dsara.space import load_space  # noqa: E402
 
 MIN_W, MIN_H = 200, 150  # pixels: smaller than any of our figures could sensibly be
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -1,6 +1,6 @@
 """The fp32-vs-bf16 search comparison behind the CPU-bf16 decision: it measures what it says."""
 
-from dsara.precision_check import compare, markdown
+from dsara.bench.precision import compare, markdown
 from dsara.search import SearchConfig
 
 

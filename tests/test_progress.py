@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dsara import progress
 from dsara.cli import main
 from dsara.search.rundir import RunDir
+from dsara.utils import progress
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ["search", "--space", "tiny", "--dataset", "synthetic", "--set", "synthetic.n_train=64",

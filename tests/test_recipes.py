@@ -8,11 +8,13 @@ import torch
 
 from dsara.cli import build_parser, main
 from dsara.commands.train import build_config
-from dsara.data import ImageSet, Loader, cutout_batch
+from dsara.data.datasets import ImageSet
+from dsara.data.loader import Loader, cutout_batch
 from dsara.errors import DsaraError
 from dsara.train import TrainConfig
-from dsara.train.loop import config_from_dict, lr_factor
-from dsara.train.losses import METHODS
+from dsara.train.config import config_from_dict
+from dsara.train.loop import lr_factor
+from dsara.train.methods import METHODS
 from dsara.train.recipes import CELL_ONLY, RECIPES, TRAINING_FIELDS
 
 SYNTH = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "16",

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from dsara.archfile import load_architecture
+from dsara.arch.archfile import load_architecture
+from dsara.arch.build import build_model
+from dsara.arch.sample import _key, sample_architectures, sample_genotypes
+from dsara.arch.space import list_spaces, load_space
 from dsara.cli import main
 from dsara.errors import DsaraError
-from dsara.models import build_model
-from dsara.sample import _key, sample_architectures, sample_genotypes
-from dsara.space import list_spaces, load_space
 
 
 @pytest.mark.parametrize("space", list_spaces())

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dsara import DsaraError
-from dsara.attacks import pgd
+from dsara.attacks.gradient import pgd
 from dsara.cli import main
 from dsara.search import SearchConfig, run
 from dsara.search.mgda import combine, min_norm_gamma

@@ -25,7 +25,7 @@ def test_the_defaults_are_the_authors_search():
 
 
 def _auto_is_bf16() -> bool:
-    from dsara.device import use_bf16
+    from dsara.utils.device import use_bf16
 
     return use_bf16("auto", torch.device("cuda")) or use_bf16("auto", torch.device("cpu"))
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dsara import DsaraError, list_spaces, load_space
-from dsara.genotype import CellGenotype, Genotype, get_published
-from dsara.network import Network
-from dsara.space import share_depths
+from dsara.arch.genotype import CellGenotype, Genotype, get_published
+from dsara.arch.network import Network
+from dsara.arch.space import share_depths
 
 
 def test_registered_spaces_include_the_published_layouts():
@@ -129,7 +129,7 @@ def test_spaces_work_by_name_after_a_plain_non_editable_install(tmp_path):
     assert not sources - set(names), f"modules missing from the wheel: {sources - set(names)}"
     assert "dsara/_data/search_spaces/dsara.toml" in names
     assert "dsara/_data/studies/smoke.toml" in names
-    assert "dsara/published_cells.txt" in names
+    assert "dsara/arch/published_cells.txt" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     code = ("import dsara, dsara.cli, dsara.study.definition as d; "

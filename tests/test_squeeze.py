@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dsara.errors import DsaraError
-from dsara.squeeze import (
+from dsara.evaluate.squeeze import (
     SqueezeConfig,
     adaptive_attack,
     bit_depth,

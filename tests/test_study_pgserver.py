@@ -27,7 +27,7 @@ import torch
 from pgserver import Server, why_not
 from test_study import write_definition
 
-from dsara.archfile import load_architecture
+from dsara.arch.archfile import load_architecture
 from dsara.search.rundir import RunDir
 from dsara.study import manage
 from dsara.study.storage import open_storage

@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from dsara.attacks import check_adversarial
+from dsara.attacks.base import check_adversarial
+from dsara.attacks.registry import ATTACKS
 from dsara.cli import main
-from dsara.data import ImageSet, SyntheticConfig, load_dataset
+from dsara.data.datasets import ImageSet, SyntheticConfig, load_dataset
 from dsara.errors import DsaraError
-from dsara.evaluate import ATTACKS, evaluate
-from dsara.suite import Suite, SuiteOptions, parse_attack_sets
+from dsara.evaluate.run import evaluate
+from dsara.evaluate.suite import Suite, SuiteOptions, parse_attack_sets
 from dsara.train import TrainConfig, run
 
 SYNTH = {"n_train": 320, "n_test": 64, "image_size": 8, "num_classes": 4}
@@ -118,7 +119,7 @@ def test_cli_bad_input_is_one_line(runs, argv, message, capsys):
 
 
 def test_transfer_matrix_diagonal_is_white_box():
-    from dsara.transfer import mifgsm, transfer_matrix
+    from dsara.attacks.transfer import mifgsm, transfer_matrix
 
     a, b = tiny_net(), nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
     x, y = torch.rand(10, 3, 8, 8), torch.arange(10) % 4

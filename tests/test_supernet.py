@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import dsara
-from dsara.archfile import Architecture, load_architecture, save_architecture
-from dsara.space import list_spaces, load_space
-from dsara.supernet import Supernet
+from dsara.arch.archfile import Architecture, load_architecture, save_architecture
+from dsara.arch.space import list_spaces, load_space
+from dsara.arch.supernet import Supernet
 
 SIZES = {"proxy": None, "small": (5, 8)}  # (cells, C)
 CASES = [(s, z) for s in list_spaces() for z in SIZES]
@@ -113,7 +113,7 @@ def test_drop_path_is_active_only_in_training(batch):
 
 
 def test_auxiliary_head_uses_the_darts_pool_at_8x8_and_adapts_elsewhere():
-    from dsara.network import AuxiliaryHead
+    from dsara.arch.network import AuxiliaryHead
 
     head = AuxiliaryHead(16, 10)
     for side in (8, 4, 16):
@@ -152,7 +152,7 @@ def test_input_normalization_follows_the_space(space_name, batch):
     final = space.final_macro(mean=MEAN, std=STD).resized(5, 4)
     assert final.normalize is NORMALIZED[space_name]
     genotype = dsara.parse_genotype(_tiny_text(space))
-    torch.testing.assert_close(_stem_input(dsara.network.Network(genotype, final), x), expected)
+    torch.testing.assert_close(_stem_input(dsara.arch.network.Network(genotype, final), x), expected)
 
 
 def _tiny_text(space) -> str:
@@ -168,7 +168,7 @@ def test_architecture_files_record_normalization_and_old_files_normalize(tmp_pat
         dsara.build_model("DARTS_V2", cells=5, channels=4)
     torch.testing.assert_close(_stem_input(arnas, x), x)  # as the ARNAS code: raw pixels
     assert not torch.allclose(_stem_input(darts, x), x)
-    path = save_architecture(dsara.archfile.builtin_architecture("ARNAS"), tmp_path / "a.json")
+    path = save_architecture(dsara.arch.archfile.builtin_architecture("ARNAS"), tmp_path / "a.json")
     d = json.loads(path.read_text())
     assert d["macro"]["normalize"] is False
     assert load_architecture(path).macro.normalize is False
@@ -205,7 +205,7 @@ def test_partial_k_search_refuses_before_loading_data(tmp_path):
 
 def test_pc_darts_edge_normalization_beta(batch):
     """beta per edge, softmax over each node's incoming edges, scaling the mixed-op outputs."""
-    from dsara.supernet import edge_softmax
+    from dsara.arch.supernet import edge_softmax
 
     space = load_space("tiny", overrides={"proxy.C": 8})
     net = Supernet(space.proxy_macro(), space.ops, partial_k=2)

@@ -12,28 +12,27 @@ import torch.nn.functional as F
 from _shared import TINY_GENOTYPE
 from torch import nn
 
-from dsara.archfile import from_genotype_text, save_architecture
-from dsara.attacks import fgsm, pgd
-from dsara.baselines import build_baseline
+from dsara.arch.archfile import from_genotype_text, save_architecture
+from dsara.arch.baselines import build_baseline
+from dsara.attacks.gradient import fgsm, pgd
 from dsara.cli import main
 from dsara.errors import DsaraError
 from dsara.train import TrainConfig, losses, run
 from dsara.train import loop as train_loop
 from dsara.train.checkpoint import build_from_spec, load_checkpoint, model_spec
-from dsara.train.loop import config_from_dict, lr_factor
+from dsara.train.config import config_from_dict
+from dsara.train.loop import lr_factor
 from dsara.train.losses import (
-    METHODS,
     AdvParams,
     craft,
     fgsm_rs,
-    get_method,
     mart,
     mart_objective,
     pgd_at,
     trades,
     trades_objective,
 )
-from dsara.train.methods import OPTIONS, so_at
+from dsara.train.methods import METHODS, OPTIONS, get_method, so_at
 
 SYNTH = {"n_train": 96, "n_test": 32, "image_size": 8, "num_classes": 4}
 
@@ -189,7 +188,8 @@ def test_mart_is_its_objective_on_its_attack(batch):
 
 
 def test_method_defaults_are_the_standard_recipes():
-    assert {m: tuple(METHODS[m][1:]) for m in ("pgd-at", "trades", "mart", "fgsm-rs")} == {
+    assert {m: (METHODS[m].step_factor, METHODS[m].steps, METHODS[m].craft_mode,
+                METHODS[m].start) for m in ("pgd-at", "trades", "mart", "fgsm-rs")} == {
         "pgd-at": (0.25, 10, "train", "uniform"), "trades": (0.25, 10, "eval", "normal"),
         "mart": (0.25, 10, "eval", "normal"), "fgsm-rs": (1.25, 1, "train", "uniform")}
     cfg = TrainConfig(arch="resnet18", out="x", method="fgsm-rs").resolved()

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from dsara.attacks import fgsm, pgd
+from dsara.attacks.gradient import fgsm, pgd
+from dsara.attacks.transfer import Ensemble, TransferConfig, mifgsm, transfer_attack
 from dsara.errors import DsaraError
-from dsara.transfer import Ensemble, TransferConfig, mifgsm, transfer_attack
 
 
 def tiny_net(seed=0):

@@ -6,15 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from ..archfile import resolve_architecture
-from ..baselines import base_width, baseline_name, build_baseline
-from ..budget import fit_budget, parse_params
+from ..arch.archfile import resolve_architecture
+from ..arch.baselines import base_width, baseline_name, build_baseline
+from ..arch.budget import fit_budget, parse_params
+from ..arch.build import build_model
+from ..arch.genotype import published
+from ..arch.profile import count_macs, count_parameters
+from ..arch.sample import write_samples
+from ..arch.space import list_spaces, load_space
 from ..errors import DsaraError
-from ..genotype import published
-from ..models import build_model
-from ..profile import count_macs, count_parameters
-from ..sample import write_samples
-from ..space import list_spaces, load_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..compress.run import METHODS, CompressConfig, compress
-from ..config import normalize_overrides
+from ..utils.config import normalize_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:

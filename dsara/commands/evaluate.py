@@ -6,24 +6,27 @@ import argparse
 import json
 from pathlib import Path
 
-from ..attacks import parse_eps
-from ..data import SyntheticConfig, load_dataset, stratified_subset
-from ..device import resolve_device
+from ..attacks.autoattack import INSTALL_AUTOATTACK
+from ..attacks.base import parse_eps
+from ..attacks.registry import ATTACKS, parse_attacks
+from ..data.split import stratified_subset
 from ..errors import DsaraError
-from ..evaluate import (
-    ATTACKS,
-    INSTALL_AUTOATTACK,
-    evaluate,
-    load_trained,
-    parse_attacks,
-    sanity_checks,
-    sanity_table,
+from ..evaluate.file import choose_path
+from ..evaluate.run import evaluate
+from ..evaluate.sanity import sanity_checks, sanity_table
+from ..evaluate.suite import (
+    CONFIGS,
+    DETECTORS,
+    Suite,
+    SuiteOptions,
+    details_table,
+    parse_attack_sets,
 )
-from ..evaluation_file import choose_path
-from ..files import write_json_atomic
-from ..lock import run_lock
-from ..suite import CONFIGS, DETECTORS, Suite, SuiteOptions, details_table, parse_attack_sets
-from .train import add_dataset_options
+from ..train.checkpoint import load_trained
+from ..utils.device import resolve_device
+from ..utils.files import write_json_atomic
+from ..utils.lock import run_lock
+from ._common import add_dataset_options, test_split
 
 DEFAULT_ATTACKS = "clean,fgsm,pgd20,pgd100,cw,autoattack"
 
@@ -79,24 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def test_split(args, config: dict):
-    """The test split the run used, unless flags name another dataset."""
-    name = args.dataset or config.get("dataset", "cifar10")
-    root = args.data_root or config.get("data_root")
-    synthetic = None
-    if name == "synthetic":
-        fields = dict(config.get("synthetic") or {})
-        fields |= {k.split(".", 1)[1]: v for k, v in vars(args).items()
-                   if k.startswith("synthetic.")}
-        synthetic = SyntheticConfig(**fields)
-    _, test, info = load_dataset(name, root, getattr(args, "download", False),
-                                 synthetic=synthetic)
-    if args.limit is not None and args.limit < 1:
-        raise DsaraError(f"--limit must be >= 1 test image, got {args.limit}")
-    test, subset = stratified_subset(test, args.limit, args.subset_seed)
-    return test, info, subset
-
-
 def _attacks(text: str) -> list[str]:
     """The attack names; with the default list and no AutoAttack library, one line says so
     before any work (the headline worst case must not quietly leave AutoAttack out)."""
@@ -135,7 +120,8 @@ def train_parts(args, config: dict):
     """(fit part, held-out part) of the run's training split, as `dsara train` divided it."""
     import dataclasses
 
-    from ..train.loop import TrainConfig, load_data
+    from ..train.config import TrainConfig
+    from ..train.split import load_data
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     fields = {k: v for k, v in config.items() if k in known}

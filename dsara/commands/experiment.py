@@ -10,6 +10,7 @@ from pathlib import Path
 from ..experiment import runner
 from ..experiment.definition import list_experiments
 from ..study.storage import DEFAULT_STORAGE, GRACE_S, HEARTBEAT_S, mask_url, resolve_url
+from ..utils.signals import sigterm_as_interrupt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,9 +74,7 @@ def cmd_create(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .study import _sigterm_as_interrupt
-
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         summary = runner.run_worker(args.name, args.storage, data_root=args.data_root,
                                     heartbeat_s=args.heartbeat, grace_s=args.grace,
                                     max_units=args.max_units,
@@ -115,7 +114,7 @@ def cmd_report(args) -> int:
         return 0
     text = report_markdown(args.name, opened.experiment, rows, states)
     if args.out:
-        from ..files import write_text_atomic
+        from ..utils.files import write_text_atomic
 
         print(write_text_atomic(args.out, text))
     else:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import did_you_mean, normalize_overrides
-from ..data import absolute_root
+from ..arch.space import load_space
+from ..data.datasets import absolute_root
 from ..errors import DsaraError
-from ..lock import BREAK_LOCK_HELP, break_lock
-from ..progress import lines_off
 from ..search import SearchConfig, load_search_config, run
-from ..space import load_space
-from ..tensorboard import for_run
-from .train import add_synthetic_options
+from ..utils.config import did_you_mean, normalize_overrides
+from ..utils.lock import BREAK_LOCK_HELP, break_lock
+from ..utils.progress import lines_off
+from ..utils.tensorboard import for_run
+from ._common import S, add_synthetic_options
 
-S = argparse.SUPPRESS
 # (flag, config field, type, help with units)
 OPTIONS = [
     ("--space", "space", str, "search space name or TOML path (default dsara)"),

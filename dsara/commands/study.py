@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 from pathlib import Path
 
-from .. import progress
-from ..files import write_text_atomic
 from ..study import definition as defs
 from ..study import manage, report
 from ..study.storage import (
@@ -21,6 +18,9 @@ from ..study.storage import (
     open_storage,
     resolve_url,
 )
+from ..utils import progress
+from ..utils.files import write_text_atomic
+from ..utils.signals import sigterm_as_interrupt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -117,7 +117,7 @@ def cmd_create(args) -> int:
 def cmd_run(args) -> int:
     from ..study.worker import run_worker
 
-    with _sigterm_as_interrupt(), _trials_bar(args.name, args.storage) as log:
+    with sigterm_as_interrupt(), _trials_bar(args.name, args.storage) as log:
         summary = run_worker(args.name, args.storage, args.n_trials, args.timeout,
                              args.heartbeat, args.grace, args.artifact_root, log=log,
                              retry_s=args.db_retry, break_lock=args.break_lock)
@@ -150,17 +150,6 @@ def _trials_bar(name: str, storage: str | None):
         log(f"worker on study {name!r}: {complete()} of {budget} trials complete")
         yield log
 
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's preemption) stops the worker like Ctrl-C: its trial is re-queued."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def cmd_status(args) -> int:

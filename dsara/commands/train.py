@@ -6,15 +6,17 @@ import argparse
 import shlex
 from pathlib import Path
 
-from ..config import apply_overrides, read_toml
-from ..data import absolute_root
+from ..data.datasets import absolute_root
 from ..errors import Interrupted
-from ..lock import BREAK_LOCK_HELP, break_lock
-from ..tensorboard import for_run
-from ..train.loop import METHODS, config_from_dict, run
+from ..train.config import config_from_dict
+from ..train.loop import run
+from ..train.methods import METHODS
 from ..train.recipes import RECIPES
+from ..utils.config import apply_overrides, read_toml
+from ..utils.lock import BREAK_LOCK_HELP, break_lock
+from ..utils.tensorboard import for_run
+from ._common import S, add_dataset_options
 
-S = argparse.SUPPRESS
 # (flag, config field, type, help with units); defaults live in TrainConfig alone
 OPTIONS = [
     ("--recipe", "recipe", str, "a named, complete set of training settings that the other "
@@ -93,26 +95,8 @@ OPTIONS = [
      "validation and evaluation always run fp32"),
     ("--channels-last", "channels_last", str, "auto (on CUDA) | on | off"),
 ]
-SYNTHETIC = [
-    ("--synthetic-train", "n_train", "synthetic training images (default 2048)"),
-    ("--synthetic-test", "n_test", "synthetic test images (default 512)"),
-    ("--synthetic-size", "image_size", "synthetic image side in pixels (default 32)"),
-    ("--synthetic-classes", "num_classes", "synthetic classes (default 10)"),
-]
 
 
-def add_synthetic_options(p: argparse.ArgumentParser) -> None:
-    """--synthetic-train/-test/-size/-classes: the one way to size the built-in data, in every
-    command that reads it (search, train, evaluate)."""
-    for flag, field, text in SYNTHETIC:
-        p.add_argument(flag, dest=f"synthetic.{field}", type=int, default=S, metavar="N",
-                       help=text)
-
-
-def add_dataset_options(p: argparse.ArgumentParser) -> None:
-    add_synthetic_options(p)
-    p.add_argument("--download", action="store_true", default=S,
-                   help="let torchvision download the dataset into --data-root")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

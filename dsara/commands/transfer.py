@@ -7,15 +7,15 @@ import argparse
 import json
 from pathlib import Path
 
-from ..attacks import parse_eps
-from ..device import resolve_device
+from ..attacks.base import parse_eps
+from ..attacks.transfer import transfer_matrix
 from ..errors import DsaraError
-from ..evaluate import load_trained, prepare_for_eval
-from ..files import write_json_atomic
-from ..suite import parse_attack_sets
-from ..transfer import transfer_matrix
-from .evaluate import test_split
-from .train import add_dataset_options
+from ..evaluate.run import prepare_for_eval
+from ..evaluate.suite import parse_attack_sets
+from ..train.checkpoint import load_trained
+from ..utils.device import resolve_device
+from ..utils.files import write_json_atomic
+from ._common import add_dataset_options, test_split
 
 
 def register(sub: argparse._SubParsersAction) -> None:

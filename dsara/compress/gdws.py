@@ -21,15 +21,17 @@ multiply-adds as the original stays a standard conv; every layer keeps at least 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..attacks import pgd
+from ..arch.compressed import GDWSConv, eligible_convs, set_module
+from ..attacks.gradient import pgd
 from ..errors import DsaraError
-from .layers import GDWSConv, eligible_convs, set_module
+from .base import Compressor
 
 ALGORITHMS = ("lego", "mego")
 
@@ -191,3 +193,23 @@ def compress_gdws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: GDWSC
             set_module(model, name, layer)
             structure[name] = {"type": "gdws", "counts": layer.counts}
     return structure, report
+
+
+
+def alpha_images(fit, n: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` seeded training images (and labels) whose PGD examples weigh GDWS's error."""
+    idx = torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed))[:n]
+    sub = fit.subset(idx)
+    return sub.images.float().div(255).to(device), sub.labels.to(device)
+
+
+def apply(model, cfg, train_cfg, fit, input_size, device):
+    """`dsara compress --method gdws` (the `Compressor` record's apply)."""
+    gcfg = GDWSConfig(algorithm=cfg.algorithm, budget=cfg.budget, n_images=cfg.n_images,
+                      eps=train_cfg.eps, step_size=train_cfg.eps / 4, seed=cfg.seed)
+    x, y = alpha_images(fit, gcfg.n_images, cfg.seed, device)
+    structure, layers = compress_gdws(model, x, y, gcfg)
+    return structure, layers, dataclasses.asdict(gcfg.resolved())
+
+
+RECORD = Compressor("gdws", apply)

@@ -17,14 +17,16 @@ robustness with ranks determined globally; its code was not available. What dsar
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..arch.compressed import Tucker2Conv, eligible_convs, set_module
 from ..errors import DsaraError
-from .layers import Tucker2Conv, eligible_convs, set_module
+from .base import Compressor
 
 BUDGET_KINDS = ("params", "macs")
 
@@ -202,6 +204,18 @@ def compress_lowrank(model: nn.Module, cfg: LowRankConfig, input_size=(3, 32, 32
 
 
 def network_cost(model: nn.Module, kind: str, input_size) -> int:
-    from ..profile import count_macs, count_parameters
+    from ..arch.profile import count_macs, count_parameters
 
     return count_parameters(model) if kind == "params" else count_macs(model, input_size)
+
+
+
+def apply(model, cfg, train_cfg, fit, input_size, device):
+    """`dsara compress --method lowrank` (the `Compressor` record's apply); a robust fine-tune
+    follows."""
+    lcfg = LowRankConfig(0.5 if cfg.budget is None else cfg.budget, cfg.budget_kind)
+    structure, layers = compress_lowrank(model, lcfg, input_size)
+    return structure, layers, dataclasses.asdict(lcfg.resolved())
+
+
+RECORD = Compressor("lowrank", apply, finetunes=True)

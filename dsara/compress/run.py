@@ -25,17 +25,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Loader
-from ..device import resolve_device
+from ..arch.profile import count_macs, count_parameters
+from ..data.loader import Loader
 from ..errors import DsaraError
-from ..files import write_json_atomic
-from ..profile import count_macs, count_parameters
 from ..train.checkpoint import load_checkpoint, save_checkpoint
-from .bench import BenchConfig, bench, describe, table
-from .gdws import GDWSConfig, compress_gdws
-from .lowrank import LowRankConfig, compress_lowrank
+from ..utils.device import resolve_device
+from ..utils.files import write_json_atomic
+from . import COMPRESSORS
+from .throughput import BenchConfig, bench, describe, table
 
-METHODS = ("gdws", "lowrank")
+METHODS = tuple(COMPRESSORS)
 # the source run's data settings the fine-tune keeps: same images, same held-out validation split
 DATA_FIELDS = ("dataset", "data_root", "synthetic", "train_size", "val_size", "seed")
 
@@ -66,7 +65,7 @@ class CompressConfig:
                              f"{', '.join(METHODS)}")
         if Path(self.out).resolve() == Path(self.source).resolve():
             raise DsaraError("--out must be a new run directory, not the source run")
-        if (Path(self.out) / "best.pt").exists() and self.method == "gdws":
+        if (Path(self.out) / "best.pt").exists() and not COMPRESSORS[self.method].finetunes:
             raise DsaraError(f"{self.out} already holds a checkpoint; choose another --out")
         return self
 
@@ -78,7 +77,7 @@ class CompressResult:
 
 
 def _train_config(ckpt: dict[str, Any]):
-    from ..train.loop import TrainConfig
+    from ..train.config import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     raw = {k: v for k, v in (ckpt.get("config") or {}).items() if k in known}
@@ -99,15 +98,9 @@ def accuracy(model: nn.Module, val, train_cfg, device, limit: int | None) -> dic
     return validate(model.to(device), loader, train_cfg)
 
 
-def alpha_images(fit, n: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = torch.randperm(len(fit), generator=torch.Generator().manual_seed(seed))[:n]
-    sub = fit.subset(idx)
-    return sub.images.float().div(255).to(device), sub.labels.to(device)
-
-
 def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> CompressResult:
-    from ..evaluate import load_trained
-    from ..train.loop import load_data
+    from ..train.checkpoint import load_trained
+    from ..train.split import load_data
 
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -118,16 +111,8 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> Compres
     input_size = tuple(fit.images.shape[1:])
     original = copy.deepcopy(model)
     log(f"compressing {path} ({count_parameters(model) / 1e6:.3f} M params) with {cfg.method}")
-    if cfg.method == "gdws":
-        gcfg = GDWSConfig(algorithm=cfg.algorithm, budget=cfg.budget, n_images=cfg.n_images,
-                          eps=train_cfg.eps, step_size=train_cfg.eps / 4, seed=cfg.seed)
-        x, y = alpha_images(fit, gcfg.n_images, cfg.seed, device)
-        structure, layers = compress_gdws(model, x, y, gcfg)
-        settings = dataclasses.asdict(gcfg.resolved())
-    else:
-        lcfg = LowRankConfig(0.5 if cfg.budget is None else cfg.budget, cfg.budget_kind)
-        structure, layers = compress_lowrank(model, lcfg, input_size)
-        settings = dataclasses.asdict(lcfg.resolved())
+    method = COMPRESSORS[cfg.method]
+    structure, layers, settings = method.apply(model, cfg, train_cfg, fit, input_size, device)
     log(layer_table(layers))
     if not structure:
         log("note: no conv was replaced (each compressed form would cost at least as many "
@@ -142,7 +127,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> Compres
     state = {"model_spec": spec, "model": model.state_dict(), "config": config,
              "epoch": ckpt.get("epoch"), "compression": {"method": cfg.method, "source": str(path)}}
     final = model
-    if cfg.method == "lowrank" and cfg.finetune_epochs != 0:
+    if method.finetunes and cfg.finetune_epochs != 0:
         save_checkpoint(out / "compressed.pt", state)
         final = finetune(out / "compressed.pt", cfg, train_cfg, log)
         figures["finetuned"] = _figures(final, val, train_cfg, device, cfg, input_size)
@@ -175,7 +160,8 @@ def recovered(figures: dict[str, Any]) -> dict[str, float | None]:
 
 def finetune(compressed: Path, cfg: CompressConfig, train_cfg, log) -> nn.Module:
     """The named recipe's robust fine-tune of the factorised network, in cfg.out."""
-    from ..train.loop import config_from_dict, run
+    from ..train.config import config_from_dict
+    from ..train.loop import run
 
     data = {k: getattr(train_cfg, k) for k in DATA_FIELDS if hasattr(train_cfg, k)}
     raw = {**data, "arch": str(compressed), "out": cfg.out, "recipe": cfg.finetune_recipe,

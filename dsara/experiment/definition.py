@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Fields, read_toml
 from ..errors import DsaraError
-from ..space import data_dirs
+from ..utils.config import Fields, read_toml
+from ..utils.resources import data_dirs
 from .judge import Criteria, criteria_from_dict
 
 # kind -> SearchConfig changes that make it (None: the source does not search)
@@ -171,7 +171,7 @@ class Experiment:
 
     def train_config(self, arch: str, seed: int, out: str | Path, data_root: str | None):
         """The TrainConfig of a unit's retrain: [retrain] with the budget, cells and seed."""
-        from ..train.loop import config_from_dict
+        from ..train.config import config_from_dict
 
         raw = {**self.retrain, **_data_fields(self.data, data_root), "arch": str(arch),
                "out": str(out), "seed": seed}
@@ -183,7 +183,7 @@ class Experiment:
 
 
 def _is_baseline(arch: str) -> bool:
-    from ..baselines import baseline_name
+    from ..arch.baselines import baseline_name
 
     return baseline_name(arch) is not None and not Path(arch).is_file()
 
@@ -222,7 +222,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
 
 def experiment_from_dict(raw: dict[str, Any], where: str = "experiment") -> Experiment:
     """Parse and validate: every source's search and retrain config is built once here."""
-    from ..budget import parse_params
+    from ..arch.budget import parse_params
 
     f = Fields(raw, where)
     seeds = _seeds(f.get("seeds", list, [0]), where)
@@ -289,7 +289,7 @@ def _source(name: str, table: Any, seeds: tuple[int, ...], where: str) -> Source
 
 
 def _evaluation(table: Any, where: str) -> Evaluation:
-    from ..evaluate import parse_attacks
+    from ..attacks.registry import parse_attacks
 
     f = Fields(table, where)
     ev = Evaluation(
@@ -311,7 +311,7 @@ def _evaluation(table: Any, where: str) -> Evaluation:
         raise DsaraError(f"{where}: autoattack_n ({ev.autoattack_n}) must be <= n_test "
                          f"({ev.n_test})")
     if ev.autoattack_n:
-        from ..evaluate import _import_autoattack
+        from ..attacks.autoattack import _import_autoattack
 
         _import_autoattack()  # one line before hours of work if the library is missing
     return ev
@@ -333,9 +333,9 @@ def _check_reuse(exp: Experiment, s: Source, where: str) -> None:
 
 def _check_configs(exp: Experiment) -> None:
     """Build every source's configs now: a typo fails at create, not after hours of runs."""
-    from ..attacks import parse_eps
-    from ..sample import sample_genotypes
-    from ..space import load_space
+    from ..arch.sample import sample_genotypes
+    from ..arch.space import load_space
+    from ..attacks.base import parse_eps
 
     parse_eps(exp.evaluation.eps)
     for s in exp.sources.values():
@@ -348,7 +348,7 @@ def _check_configs(exp: Experiment) -> None:
         if s.kind == "random":
             sample_genotypes(load_space(exp.search.get("space", "dsara")), s.count, s.seeds[0])
         if s.kind == "published":
-            from ..genotype import get_published
+            from ..arch.genotype import get_published
 
             get_published(s.cell)
         try:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Fields
 from ..errors import DsaraError
+from ..utils.config import Fields
 
 NO_DIFFERENCE = "no detectable difference at this size"
 

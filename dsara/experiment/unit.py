@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from ..attacks import parse_eps
-from ..data import ImageSet, stratified_subset
-from ..files import write_json_atomic
-from ..ops import PARAMETER_FREE
+from ..arch.ops import PARAMETER_FREE
+from ..attacks.base import parse_eps
+from ..data.datasets import ImageSet
+from ..data.split import stratified_subset
+from ..utils.files import write_json_atomic
 from .definition import Experiment, Source, Unit
 
 Log = Callable[[str], None]
@@ -73,8 +74,8 @@ def architecture(exp: Experiment, source: Source, unit: Unit, unit_dir: Path,
     if source.kind == "baseline":
         return source.model, {}, 0.0
     if source.kind == "random":
-        from ..archfile import save_architecture
-        from ..sample import sample_architectures
+        from ..arch.archfile import save_architecture
+        from ..arch.sample import sample_architectures
 
         space = exp.search.get("space", "dsara")
         arch = sample_architectures(space, source.count, unit.seed)[unit.index]
@@ -89,10 +90,10 @@ def rederive(exp: Experiment, source: Source, unit: Unit, unit_dir: Path, data_r
     """Derive the finished search of `source.reuse` at this seed again with this source's
     derivation options (skip_cap, or selection = "pt" on the searched supernet): the same
     search, cells derived another way. Returns the derivation's seconds as search seconds."""
-    from ..archfile import Architecture, load_architecture, save_architecture
+    from ..arch.archfile import Architecture, load_architecture, save_architecture
+    from ..arch.space import load_space
+    from ..arch.supernet import build_supernet
     from ..search.config import from_saved
-    from ..space import load_space
-    from ..supernet import build_supernet
 
     run_dir = unit_dir.parents[1] / source.reuse / f"seed-{unit.seed}" / "search"
     ckpt = run_dir / "checkpoint.pt"
@@ -169,7 +170,7 @@ def diagnostics(run_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
 
 
 def _space_ops(config: dict[str, Any]) -> list[str]:
-    from ..space import load_space
+    from ..arch.space import load_space
 
     return load_space(config["space"], config.get("space_overrides") or {}).ops
 
@@ -204,9 +205,10 @@ def evaluate_unit(exp: Experiment, train_dir: Path, out: Path, data_root: str | 
     """Attack best.pt on the experiment's test subset; AutoAttack on its fixed smaller subset."""
     if out.is_file():
         return json.loads(out.read_text(encoding="utf-8"))
-    from ..data import SyntheticConfig, load_dataset
-    from ..evaluate import evaluate, load_trained
-    from ..profile import count_parameters
+    from ..arch.profile import count_parameters
+    from ..data.datasets import SyntheticConfig, load_dataset
+    from ..evaluate.run import evaluate
+    from ..train.checkpoint import load_trained
 
     ev = exp.evaluation
     model, ckpt, _ = load_trained(train_dir)

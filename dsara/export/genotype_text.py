@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..files import write_text_atomic
-from ..genotype import Genotype
+from ..arch.genotype import Genotype
+from ..utils.files import write_text_atomic
 from .source import ExportOptions, Source
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..errors import DsaraError
-from ..files import atomic_write
+from ..utils.files import atomic_write
+from ..version import __version__
 from .source import ExportOptions, Source
 
 MAX_BATCH = 65536  # upper end of the dynamic batch dimension

@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..attacks import parse_eps
+from ..attacks.base import parse_eps
 from ..errors import DsaraError
-from ..evaluation_file import describe
-from ..files import atomic_write, write_json_atomic, write_text_atomic
+from ..evaluate.file import describe
+from ..utils.files import atomic_write, write_json_atomic, write_text_atomic
+from ..version import __version__
 from . import standalone
 from .portable import check_matches
 from .source import ExportOptions, Source

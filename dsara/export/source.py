@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from ..archfile import Architecture, resolve_architecture
-from ..data import SyntheticConfig
+from ..arch.archfile import Architecture, resolve_architecture
+from ..data.datasets import SyntheticConfig
 from ..errors import DsaraError
 
 ONNX_OPSET = 18  # ONNX opset of exported models; onnxruntime >= 1.14 runs it
@@ -68,7 +68,7 @@ class Source:
 def load_source(target: str | Path, weights: bool = True) -> Source:
     """A trained run (best.pt, else last.pt) or checkpoint; without `weights` also an architecture
     file, a search run directory or a built-in cell name."""
-    from ..evaluate import checkpoint_path, load_trained
+    from ..train.checkpoint import checkpoint_path, load_trained
 
     p = Path(target)
     trained = p.is_file() and p.suffix == ".pt" or p.is_dir() and any(

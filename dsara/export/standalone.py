@@ -9,7 +9,7 @@ builds the network and loads its weights on a machine without dsara::
     logits = net(images)                # images in [0, 1], (B, 3, H, W); normalization is inside
 
 This module must import only the standard library and torch. Module and parameter names mirror
-`dsara.network`, `dsara.ops` and `dsara.baselines` exactly, so a dsara state dict loads unchanged
+`dsara.arch.network`, `dsara.arch.ops` and `dsara.arch.baselines` exactly, so a dsara state dict loads unchanged
 (the auxiliary head, a training-only branch, is left out of the export). A test builds every kind
 of network both ways and compares the logits.
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DsaraError
-from ..files import ensure_dir
+from ..utils.files import ensure_dir
 
 FORMATS = ("svg", "png")
 DPI = 150  # PNG pixels per inch: sharp on screens and in the README without huge files

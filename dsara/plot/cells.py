@@ -14,10 +14,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..archfile import Architecture, resolve_architecture
+from ..arch.archfile import Architecture, resolve_architecture
+from ..arch.genotype import CellGenotype
 from ..errors import DsaraError
-from ..files import ensure_dir
-from ..genotype import CellGenotype
+from ..utils.files import ensure_dir
 from . import _mpl
 
 ENGINES = ("auto", "graphviz", "matplotlib")

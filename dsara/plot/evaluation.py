@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import DsaraError
-from ..files import write_text_atomic
-from ..suite import details_table
+from ..evaluate.suite import details_table
+from ..utils.files import write_text_atomic
 from . import _mpl
 from .report import _CSS, _img
 from .train import curves_figure, load_train_run, sanity_curves, sanity_figure
@@ -125,7 +125,7 @@ def _matrix_section(path: Path, d: dict, tmp: Path, index: int) -> str:
 
 
 def render_evaluation_report(paths: list[Path], tmp: Path) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     sections = []
     for i, path in enumerate(paths):

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..files import write_text_atomic
+from ..utils.files import write_text_atomic
 from . import _mpl
 
 MARKERS = "os^DvP*Xh<>"

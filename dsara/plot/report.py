@@ -14,10 +14,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..archfile import Architecture
+from ..arch.archfile import Architecture
 from ..errors import DsaraError
-from ..files import ensure_dir, write_text_atomic
 from ..study.manage import stored_definition
+from ..utils.files import ensure_dir, write_text_atomic
 from . import _mpl
 from .cells import draw_cell
 from .search import curves_figure, load_run
@@ -99,7 +99,7 @@ def _architecture_section(study, trial, names: list[str], tmp: Path) -> str:
 
 def render_report(study, tmp: Path) -> str:
     """The report's HTML; figures are drawn into tmp and embedded."""
-    from .. import __version__
+    from ..version import __version__
 
     names = objective_names(study)
     name = html.escape(study.study_name)

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from ..errors import DsaraError
-from ..files import read_text
+from ..utils.files import read_text
 from . import _mpl
 
 CURVES = "search_curves"
@@ -92,7 +92,7 @@ def space_info(config: dict) -> dict:
         return space
     if not space:
         return {}
-    from ..space import load_space
+    from ..arch.space import load_space
 
     try:
         sp = load_space(space, config.get("space_overrides") or None)

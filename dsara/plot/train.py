@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from ..errors import DsaraError
-from ..files import read_text
+from ..utils.files import read_text
 from . import _mpl
 
 CURVES = "train_curves"

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..attacks import parse_eps
-from ..config import Fields, apply_overrides, read_toml
+from ..attacks.base import parse_eps
 from ..errors import DsaraError
+from ..utils.config import Fields, apply_overrides, read_toml
 
 
 @dataclass
@@ -76,7 +76,7 @@ class SearchConfig:
     step_size: float = 2 / 255
     pgd_steps: int = 7
 
-    # the weight step: pgd-at (the authors') or any method of dsara.train.losses.METHODS that
+    # the weight step: pgd-at (the authors') or any method of dsara.train.methods.METHODS that
     # needs no run-level setup (not mart-ss, ladder); it crafts its own examples with the
     # eps / step_size / pgd_steps above
     weight_method: str = "pgd-at"

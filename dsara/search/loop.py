@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,17 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from ..archfile import Architecture, provenance, save_architecture
-from ..data import Loader, SyntheticConfig, load_dataset, split_train
-from ..device import resolve_device, use_bf16, use_channels_last
+from ..arch.archfile import Architecture, provenance, save_architecture
+from ..arch.genotype import Genotype
+from ..arch.space import SearchSpace, load_space
+from ..arch.supernet import Supernet, check_partial_k
+from ..data.datasets import SyntheticConfig, load_dataset
+from ..data.loader import Loader
+from ..data.split import split_train
 from ..errors import DsaraError, Interrupted
-from ..files import write_json_atomic
-from ..genotype import Genotype
-from ..lock import run_lock
-from ..progress import Pace, bar, duration, rate_text, write
-from ..space import SearchSpace, load_space
-from ..supernet import Supernet, check_partial_k
+from ..utils.device import resolve_device, use_bf16, use_channels_last
+from ..utils.files import write_json_atomic
+from ..utils.lock import run_lock
+from ..utils.progress import Pace, bar, duration, rate_text, write
+from ..utils.signals import sigterm_as_interrupt
+from ..version import __version__
 from . import distributed
 from .config import SearchConfig, from_saved
 from .distributed import Dist
@@ -287,7 +289,7 @@ def _run(cfg: SearchConfig, rd: RunDir, search: Search, callbacks, state: dict |
         if pace.done == project_at:
             write(projection(cfg, search, done, pace.seconds_per_unit()))
 
-    with _terminate_as_interrupt():
+    with sigterm_as_interrupt():
         for epoch in range(done, cfg.epochs):
             pace.what = f"search (epoch {epoch + 1}/{cfg.epochs})"
             try:
@@ -380,21 +382,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM stops a search like Ctrl-C: the last epoch's checkpoint stays valid."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. a study worker thread): leave it alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def log_epoch(r: dict[str, Any], cfg: SearchConfig) -> None:

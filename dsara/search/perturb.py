@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import pgd
-from ..genotype import EDGES_PER_NODE, CellGenotype, Genotype
+from ..arch.genotype import EDGES_PER_NODE, CellGenotype, Genotype
+from ..attacks.gradient import pgd
 
 MEASURES = ("accuracy", "loss")
 
@@ -150,7 +150,8 @@ def select(net, images: torch.Tensor, labels: torch.Tensor, eps: float, step_siz
 def selection_images(cfg, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """`cfg.pt_images` fixed, class-stratified images (float, [0, 1]) and labels of the search's
     architecture-validation half (its data, split and data seed)."""
-    from ..data import SyntheticConfig, load_dataset, split_train, stratified_subset
+    from ..data.datasets import SyntheticConfig, load_dataset
+    from ..data.split import split_train, stratified_subset
 
     synthetic = SyntheticConfig(**cfg.synthetic) if cfg.dataset == "synthetic" else None
     train, _, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download, synthetic=synthetic)

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..device import use_bf16, use_channels_last
 from ..errors import DsaraError
+from ..utils.device import use_bf16, use_channels_last
 from .config import SearchConfig
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import DsaraError
-from ..files import append_line, atomic_write, read_text, write_json_atomic, write_text_atomic
+from ..utils.files import append_line, atomic_write, read_text, write_json_atomic, write_text_atomic
 
 
 class RunDir:

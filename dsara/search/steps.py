@@ -15,9 +15,9 @@ from contextlib import AbstractContextManager
 import torch
 import torch.nn.functional as F
 
-from ..attacks import pgd
-from ..device import fp32_math
-from ..supernet import Supernet
+from ..arch.supernet import Supernet
+from ..attacks.gradient import pgd
+from ..utils.device import fp32_math
 from .config import SearchConfig
 from .distributed import Dist
 from .mgda import combine

@@ -1,7 +1,7 @@
 """The supernet's weight step with any registered training method (``weight_method``).
 
 The DSARA authors train the supernet's weights with PGD-AT (CE on PGD examples), the default.
-``--set weight_method=trades`` (or any name of `dsara.train.losses.METHODS` that needs no run-level
+``--set weight_method=trades`` (or any name of `dsara.train.methods.METHODS` that needs no run-level
 setup) trains them with that method's loss instead, crafted by the method itself from the clean
 weight-train batch with the search's eps, step size and PGD steps, so a search can use the loss
 its architecture will be retrained with (the method's own attack mode and start included: TRADES
@@ -37,8 +37,7 @@ class _WithAux(nn.Module):
 
 def check_weight_method(name: str, options: dict[str, Any]) -> None:
     """Fail up front on an unknown method, one that needs a whole run's data, or bad options."""
-    from ..train.losses import METHODS
-    from ..train.methods import SETUPS, method_options
+    from ..train.methods import METHODS, SETUPS, method_options
 
     usable = [m for m in METHODS if m not in SETUPS]
     if name not in usable:
@@ -51,8 +50,8 @@ def check_weight_method(name: str, options: dict[str, Any]) -> None:
 def method_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, amp
                 ) -> torch.Tensor:
     """The weight step's loss under cfg.weight_method on the clean batch (x, y)."""
-    from ..train.losses import AdvParams, get_method
-    from ..train.methods import method_options
+    from ..train.losses import AdvParams
+    from ..train.methods import get_method, method_options
 
     spec = get_method(cfg.weight_method)  # the method's own attack mode and start
     params = AdvParams(cfg.eps, cfg.step_size, cfg.pgd_steps, cfg.weight_beta, 0.0,

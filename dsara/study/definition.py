@@ -52,10 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Fields, apply_overrides, read_toml
+from ..arch.space import load_space
 from ..errors import DsaraError
 from ..search import SearchConfig
-from ..space import data_dirs, load_space
+from ..utils.config import Fields, apply_overrides, read_toml
+from ..utils.resources import data_dirs
 
 OBJECTIVES = ("supernet", "retrain")
 METRICS = ("clean_acc", "pgd_acc")  # accuracies in [0, 1], both maximized
@@ -285,7 +286,7 @@ def retrain_config(d: StudyDefinition, arch: str | Path, out: str | Path,
                    values: dict[str, Any] | None = None):
     """The TrainConfig of a trial's short retrain: [objective.retrain] over the search's data,
     with the trial's retrain.* values (e.g. ``retrain.method``) on top."""
-    from ..train.loop import config_from_dict
+    from ..train.config import config_from_dict
 
     base = {k: d.search[k] for k in ("dataset", "data_root", "synthetic", "seed")
             if k in d.search}

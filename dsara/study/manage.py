@@ -27,7 +27,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archfile import Architecture, save_architecture
+from ..arch.archfile import Architecture, save_architecture
 from ..errors import DsaraError
 from .artifacts import is_s3, s3_store
 from .definition import StudyDefinition, definition_from_dict, load_definition

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..device import resolve_device
 from ..errors import DsaraError
-from ..lock import LOCK_NAME, run_lock
 from ..search import run as search_run
 from ..search.resume import effects, saved_device_type
 from ..search.rundir import RunDir
+from ..utils.device import resolve_device
+from ..utils.lock import LOCK_NAME, run_lock
 from . import artifacts
 from .definition import StudyDefinition, retrain_config
 from .retry import best_effort
@@ -90,7 +90,7 @@ def objective(trial, definition: StudyDefinition, artifact_root: str | Path,
               log=print, taken_over=None, break_lock: bool = False) -> list[float]:
     """Run the trial; record architecture, config, metrics and run dir on it; return its values.
 
-    The trial owns its run directory (`dsara.lock`) while it runs. `taken_over` (a threading.Event
+    The trial owns its run directory (`dsara.utils.lock`) while it runs. `taken_over` (a threading.Event
     set by the heartbeat) stops the search when another worker has re-queued this trial, so two
     workers never keep writing the same run directory."""
     origin = retried_number(trial)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..files import write_text_atomic
+from ..utils.files import write_text_atomic
 
 FORMATS = ("csv", "md")
 

@@ -5,8 +5,10 @@
 """
 
 from .checkpoint import load_checkpoint, load_model, model_spec
-from .loop import TrainConfig, TrainResult, read_config, run
-from .losses import METHODS, AdvParams
+from .config import TrainConfig, read_config
+from .loop import TrainResult, run
+from .losses import AdvParams
+from .methods import METHODS
 
 __all__ = ["METHODS", "AdvParams", "TrainConfig", "TrainResult", "load_checkpoint", "load_model",
            "model_spec", "read_config", "run"]

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..archfile import Architecture, resolve_architecture
-from ..baselines import baseline_name, build_baseline, list_baselines
+from ..arch.archfile import Architecture, resolve_architecture
+from ..arch.baselines import baseline_name, build_baseline, list_baselines
+from ..arch.network import Network
 from ..errors import DsaraError
-from ..files import atomic_write
-from ..network import Network
+from ..utils.files import atomic_write
 
 KIND = "dsara.checkpoint"
 FORMAT = 1
@@ -94,7 +94,7 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
         a = Architecture.from_dict(spec["architecture"], "checkpoint architecture")
         return Network(a.genotype, a.macro)
     if spec.get("kind") == "compressed":  # dsara compress: the base network, convs replaced
-        from ..compress.layers import build_compressed
+        from ..arch.compressed import build_compressed
 
         return build_compressed(spec, build_from_spec)
     raise DsaraError(f"checkpoint model spec of unknown kind {spec.get('kind')!r}")
@@ -113,7 +113,7 @@ def spec_label(spec: dict[str, Any]) -> str:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write atomically (temp file, fsync, rename): an interrupted save never leaves a broken file."""
-    from .. import __version__
+    from ..version import __version__
 
     full = {"kind": KIND, "format": FORMAT, "dsara_version": __version__, **state}
     return atomic_write(path, lambda fh: torch.save(full, fh))
@@ -181,3 +181,37 @@ def _spec_key(spec: dict[str, Any]) -> Any:
         macro.pop(k, None)
     macro.setdefault("normalize", True)  # a spec written before the key existed normalized
     return ("architecture", repr(spec.get("architecture", {}).get("genotype")), repr(macro))
+
+
+def checkpoint_path(target: str | Path) -> Path:
+    """A run directory's best.pt (else last.pt), or the checkpoint file itself."""
+    p = Path(target)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise DsaraError(f"{p} holds no best.pt or last.pt; is it a `dsara train` run directory "
+                         "that finished an epoch?")
+    if not p.exists():
+        raise DsaraError(f"{p} does not exist; give a run directory or a checkpoint file")
+    return p
+
+
+def load_trained(target: str | Path, arch: str | None = None) -> tuple[nn.Module, dict, Path]:
+    """(model, checkpoint dict, checkpoint path) for a run directory or checkpoint; with `arch`,
+    a checkpoint of another architecture is refused and its owner named."""
+    path = checkpoint_path(target)
+    ckpt = load_checkpoint(path)
+    expected = None
+    if arch is not None:
+        spec = ckpt.get("model_spec") or {}
+        stats = spec.get("architecture", {}).get("macro", spec)
+        expected = model_spec(arch, _num_classes(spec), stats.get("mean"), stats.get("std"))
+    model = load_model(ckpt, f"checkpoint {path}", expected).eval()
+    return model, ckpt, path
+
+
+def _num_classes(spec: dict[str, Any]) -> int:
+    if spec.get("kind") == "baseline":
+        return int(spec["num_classes"])
+    return int(spec.get("architecture", {}).get("macro", {}).get("num_classes", 10))

@@ -17,16 +17,16 @@ head, if present, adds ``aux_weight * CE(aux(input), y)``, the input being x_adv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import pgd
+from ..attacks.gradient import pgd
 from ..errors import DsaraError
 
 Terms = dict[str, torch.Tensor]
@@ -169,52 +169,3 @@ def mart(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms
     loss, terms = mart_objective(logits_clean, logits_adv, y, p.beta)
     return _with_aux(loss, terms, _pick_aux(p, aux_clean, aux), y, p.aux_weight)
 
-
-Method = Callable[..., tuple[torch.Tensor, Terms]]
-
-
-class MethodSpec(NamedTuple):
-    """A training method and the attack defaults of its reference code."""
-
-    fn: Method
-    step_factor: float  # default inner step as a multiple of eps
-    steps: int  # default inner steps
-    craft_mode: str = "train"  # model mode while crafting (see `crafting`)
-    start: str = "uniform"  # attack start (see `AdvParams.start`)
-
-
-METHODS: dict[str, MethodSpec] = {
-    # 10 steps of 2/255 at 8/255 (Madry et al.; Rice et al.), crafted in train mode
-    "pgd-at": MethodSpec(pgd_at, 0.25, 10),
-    # TRADES' and MART's code: eval mode, start x + 0.001 N(0, 1); 10 steps of ~2/255 at 8/255
-    "trades": MethodSpec(trades, 0.25, 10, "eval", "normal"),
-    "mart": MethodSpec(mart, 0.25, 10, "eval", "normal"),
-    # Wong et al.: one step of 1.25 eps from a uniform start, train mode
-    "fgsm-rs": MethodSpec(fgsm_rs, 1.25, 1),
-}
-
-# The seed papers' methods (dsara/train/methods/; their constants: methods.OPTIONS). Imported
-# here, after the helpers they build on, so that the registry is complete wherever it is read.
-from .methods import bang, iat, jsigr, ladder, so_at  # noqa: E402
-
-METHODS |= {
-    # Lamb et al.: PGD-10 of 2/255 at 8/255 on the unmixed batch, model in eval mode
-    "iat": MethodSpec(iat.iat, 0.25, 10, "eval"),
-    "iat-manifold": MethodSpec(iat.iat_manifold, 0.25, 10, "eval"),
-    # MART on labeled + pseudo-labelled batches (methods.mart_ss): MART's own attack
-    "mart-ss": MethodSpec(mart, 0.25, 10, "eval", "normal"),
-    "bang": MethodSpec(bang.bang, 0.25, 10),  # no attack unless method_options.adversarial = true
-    # no attack unless method_options.adversarial = true
-    "jsigr": MethodSpec(jsigr.jsigr, 0.25, 10, "eval"),
-    "ladder": MethodSpec(ladder.ladder, 0.25, 10),  # no PGD: the generated set replaces it
-    # second-order (Krylov) examples, model in eval mode [recon]
-    "so-at": MethodSpec(so_at.so_at, 1.0, 1, "eval", "zero"),
-}
-
-
-def get_method(name: str) -> MethodSpec:
-    """The registered method `name`; a plain ``(fn, step_factor, steps)`` entry gets the default
-    attack settings (train mode, uniform start)."""
-    if name not in METHODS:
-        raise DsaraError(f"unknown training method {name!r}; methods: {', '.join(METHODS)}")
-    return MethodSpec(*METHODS[name])

@@ -192,7 +192,7 @@ RECIPES |= {
                    "iterations on the input Hessian ([recon] direction)", "Qian et al., arXiv "
                    "2207.01396 / AMCS 2024: abstract only", craft_mode="eval",
                    attack_start="zero", step_size=8 / 255, steps=1,
-                   differs=_SCHEDULE + "; [recon] the Krylov direction (dsara.krylov)"),
+                   differs=_SCHEDULE + "; [recon] the Krylov direction (dsara.attacks.krylov)"),
     "ladder": Recipe(
         reproduces="LADDER fine-tuning of --teacher on 1/2 clean + 1/2 latent-boundary images",
         source="Zhou, Tsang, Yin, Machine Learning 2022; the authors' code (SEEDS.md): SGD 0.01",
@@ -230,7 +230,7 @@ def apply_recipe(raw: dict[str, Any]) -> dict[str, Any]:
 
 def is_baseline(arch: str) -> bool:
     """True for a baseline name (resnet18, ...) that is not also a file on disk."""
-    from ..baselines import baseline_name
+    from ..arch.baselines import baseline_name
 
     return baseline_name(arch) is not None and not Path(arch).is_file()
 

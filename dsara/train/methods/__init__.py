@@ -1,11 +1,13 @@
-"""The seed papers' training methods beyond PGD-AT, TRADES, MART and FGSM-RS (SEEDS.md).
+"""Every training method, by name: `METHODS`, collected from one `Method` record per name held
+next to its code (PGD-AT, TRADES, MART, FGSM-RS in `standard`; the seed papers' methods in their
+own modules, SEEDS.md). Adding a method is one module with its ``RECORDS`` plus its name in
+`_MODULES`.
 
-Each module holds one method family; `dsara.train.losses.METHODS` registers them by name. A
-method's free constants live in a frozen dataclass (`OPTIONS[name]`), filled from the train
-config's ``method_options`` table (``--set method_options.alpha=0.5``), validated up front and
-written in full into config.json. Methods that need more than a batch (an unlabeled pool and a
-teacher, an offline generated set) also register a `SETUPS` entry: once per run, before the first
-epoch, it returns the loader the loop iterates (labeled + extra images per batch).
+A record carries the method's function, its attack defaults, the frozen dataclass of its free
+constants (filled from the train config's ``method_options`` table, ``--set
+method_options.alpha=0.5``, validated up front and written in full into config.json), and, for
+methods that need more than a batch (an unlabeled pool and a teacher, an offline generated set), a
+`setup` that runs once per run, before the first epoch, and returns the loader the loop iterates.
 
 Reconstructions (mart-ss pseudo-labelling, BANG's scaling, J-SIGR's penalties, the Krylov
 direction, LADDER's details) say so in their docstrings; none is presented as the authors' code.
@@ -14,47 +16,29 @@ direction, LADDER's details) say so in their docstrings; none is presented as th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
-from ...data import Loader
+from ...data.loader import Loader
 from ...errors import DsaraError
-from . import ladder, mart_ss, so_at
-from .bang import BANGOptions
+from . import bang, iat, jsigr, ladder, mart_ss, so_at, standard
+from .base import Method, typed_options
 from .extra import loader_options
-from .iat import IATOptions
-from .jsigr import JSIGROptions
 
-OPTIONS: dict[str, type] = {
-    "iat": IATOptions,
-    "iat-manifold": IATOptions,
-    "mart-ss": mart_ss.MartSSOptions,
-    "bang": BANGOptions,
-    "jsigr": JSIGROptions,
-    "so-at": so_at.SOATOptions,
-    "ladder": ladder.LadderOptions,
-}
-
-# name -> setup(cfg, model, fit, val, test, epochs_done, log) -> the loader of the run's batches
-SETUPS: dict[str, Callable[..., Any]] = {
-    "mart-ss": mart_ss.setup,
-    "ladder": ladder.setup,
-}
+_MODULES = (standard, iat, mart_ss, bang, jsigr, ladder, so_at)  # the order of METHODS
+METHODS: dict[str, Method] = {r.name: r for module in _MODULES for r in module.RECORDS}
+OPTIONS: dict[str, type] = {n: r.options for n, r in METHODS.items() if r.options is not None}
+SETUPS = {n: r.setup for n, r in METHODS.items() if r.setup is not None}
 
 
-def _typed(name: str, f: dataclasses.Field, value: Any) -> Any:
-    kind = type(f.default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if f.default is not None and not isinstance(value, kind) or (
-            kind is not bool and isinstance(value, bool)):
-        raise DsaraError(f"method option {name}.{f.name} must be {kind.__name__}, got {value!r}")
-    return value
+def get_method(name: str) -> Method:
+    """The registered method `name`."""
+    if name not in METHODS:
+        raise DsaraError(f"unknown training method {name!r}; methods: {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def method_options(method: str, raw: dict[str, Any] | None) -> Any:
     """The typed, validated options of `method` (None for a method without options)."""
-    raw = dict(raw or {})
     cls = OPTIONS.get(method)
     if cls is None:
         if raw:
@@ -62,14 +46,7 @@ def method_options(method: str, raw: dict[str, Any] | None) -> Any:
                              f"{', '.join(sorted(raw))}); methods with options: "
                              f"{', '.join(OPTIONS)}")
         return None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise DsaraError(f"unknown method option {unknown[0]!r} for {method}; options: "
-                         f"{', '.join(fields)}")
-    opts = cls(**{k: _typed(method, fields[k], v) for k, v in raw.items()})
-    opts.validate()
-    return opts
+    return typed_options(method, cls, raw)
 
 
 def resolve_options(method: str, raw: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -79,7 +56,7 @@ def resolve_options(method: str, raw: dict[str, Any] | None) -> dict[str, Any] |
 
 
 def prepare_loader(cfg, model, fit, val, test, epochs_done: int, log):
-    """The loader of a run's training batches: the plain one, or its method's (SETUPS)."""
+    """The loader of a run's training batches: the plain one, or its method's (`setup`)."""
     setup = SETUPS.get(cfg.method)
     if setup is not None:
         return setup(cfg, model, fit, val, test, epochs_done, log)
@@ -89,4 +66,5 @@ def prepare_loader(cfg, model, fit, val, test, epochs_done: int, log):
     return Loader(fit, cfg.batch_size, seed=cfg.seed, **loader_options(cfg))
 
 
-__all__ = ["OPTIONS", "SETUPS", "method_options", "prepare_loader", "resolve_options"]
+__all__ = ["METHODS", "OPTIONS", "SETUPS", "Method", "get_method", "method_options",
+           "prepare_loader", "resolve_options"]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ...errors import DsaraError
 from ..losses import AdvParams, Terms, _clean_aux, _pick_aux, _with_aux, craft
+from .base import Method
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,8 @@ def bang(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms
     terms = {"bang_ce": loss.detach(), "mean_scale": s.mean()}
     aux = _pick_aux(p, aux_clean, aux) if o.adversarial else aux
     return _with_aux(loss, terms, aux, y, p.aux_weight)
+
+
+RECORDS = (
+    Method("bang", bang, 0.25, 10, options=BANGOptions),  # no attack unless options.adversarial
+)

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...data import ImageSet, Loader
+from ...data.datasets import ImageSet
+from ...data.loader import Loader
 from ...errors import DsaraError
 from ..checkpoint import load_checkpoint, load_model
 

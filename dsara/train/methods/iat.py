@@ -24,6 +24,7 @@ from torch import nn
 
 from ...errors import DsaraError
 from ..losses import AdvParams, Terms, craft
+from .base import Method
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,10 @@ def iat(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]
 def iat_manifold(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Terms]:
     """IAT with manifold mixup: the mix happens at a random cell (or stage) boundary."""
     return _iat(model, x, y, p, generator, manifold=True)
+
+
+RECORDS = (
+    # Lamb et al.: PGD-10 of 2/255 at 8/255 on the unmixed batch, model in eval mode
+    Method("iat", iat, 0.25, 10, "eval", options=IATOptions),
+    Method("iat-manifold", iat_manifold, 0.25, 10, "eval", options=IATOptions),
+)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ...errors import DsaraError
 from ..losses import AdvParams, Terms, _clean_aux, _pick_aux, _with_aux, craft
+from .base import Method
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,9 @@ def jsigr(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Term
         loss, terms["masked_grad"] = loss + o.lambda_g * grad_pen, grad_pen.detach()
     aux = _pick_aux(p, aux_clean, aux) if o.adversarial else aux
     return _with_aux(loss, terms, aux, y, p.aux_weight)
+
+
+RECORDS = (
+    # no attack unless method_options.adversarial = true
+    Method("jsigr", jsigr, 0.25, 10, "eval", options=JSIGROptions),
+)

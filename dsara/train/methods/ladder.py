@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data import ImageSet
+from ...data.datasets import ImageSet
 from ...errors import DsaraError
-from ...files import atomic_write
+from ...utils.files import atomic_write
 from ..checkpoint import check_same_model
 from ..losses import AdvParams, Terms, _with_aux
+from .base import Method, typed_options
 from .extra import loaders, read_teacher
 
 
@@ -197,9 +198,8 @@ def build_set(model, fit: ImageSet, num_classes: int, o: LadderOptions, seed: in
 
 def setup(cfg, model, fit: ImageSet, val: ImageSet, test: ImageSet, epochs_done: int, log):
     """Load the teacher's weights (fresh runs), build or read the cached set, mix it in."""
-    from . import method_options
 
-    o = method_options(cfg.method, cfg.method_options)
+    o = typed_options(cfg.method, LadderOptions, cfg.method_options)
     if not cfg.teacher:
         raise DsaraError("ladder fine-tunes a trained network: give --teacher RUN_DIR, a dsara "
                          "train run of the same architecture")
@@ -236,3 +236,9 @@ def ladder(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Ter
     if aux is not None and p.aux_input == "clean":  # the auxiliary loss of the clean half only
         aux, y = aux[:n], y[:n]
     return _with_aux(loss, terms, aux, y, p.aux_weight)
+
+
+RECORDS = (
+    # no PGD: the generated set replaces it
+    Method("ladder", ladder, 0.25, 10, options=LadderOptions, setup=setup),
+)

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...data import IMAGE_SUFFIXES, ImageSet, _read_image
+from ...data.datasets import IMAGE_SUFFIXES, ImageSet, _read_image
 from ...errors import DsaraError
-from ...files import write_json_atomic
+from ...utils.files import write_json_atomic
+from ..losses import mart
+from .base import Method, typed_options
 from .extra import loaders, read_teacher
 
 
@@ -86,7 +88,7 @@ def write_unused_training_images(cfg, count: int, folder: str | Path) -> int:
     out — as an unlabeled pool for mart-ss. Returns how many were written."""
     from PIL import Image
 
-    from ..loop import load_data
+    from ..split import load_data
 
     full = load_data(dataclasses.replace(cfg, train_size=None, val_size=cfg.val_size))[0]
     fit, val, _, _ = load_data(cfg)
@@ -101,9 +103,8 @@ def write_unused_training_images(cfg, count: int, folder: str | Path) -> int:
 
 def setup(cfg, model, fit: ImageSet, val: ImageSet, test: ImageSet, epochs_done: int, log):
     """The mixed loader of labeled and pseudo-labelled images for a mart-ss run."""
-    from . import method_options
 
-    o = method_options(cfg.method, cfg.method_options)
+    o = typed_options(cfg.method, MartSSOptions, cfg.method_options)
     if not cfg.unlabeled or not cfg.teacher:
         raise DsaraError("mart-ss needs --unlabeled DIR (unlabeled images) and --teacher RUN_DIR "
                          "(a dsara train run on the labeled data that pseudo-labels them)")
@@ -123,3 +124,9 @@ def setup(cfg, model, fit: ImageSet, val: ImageSet, test: ImageSet, epochs_done:
     log(f"mart-ss: {len(pseudo)} pseudo-labelled images ({dropped} test/validation duplicates "
         "dropped)")
     return loaders(cfg, fit, pseudo, o.unlabeled_fraction, "mart-ss")
+
+
+RECORDS = (
+    # MART on labeled + pseudo-labelled batches: MART's own attack
+    Method("mart-ss", mart, 0.25, 10, "eval", "normal", options=MartSSOptions, setup=setup),
+)

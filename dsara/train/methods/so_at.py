@@ -4,7 +4,7 @@
 The abstract says the examples come from a second-order approximation of the loss, with H^-1 never
 formed and the direction found in a Krylov subspace of Hessian-vector products (GMRES in the
 journal version), and that models trained on them beat first-order AT. The attack is the one of
-`dsara.krylov` (shared with `dsara evaluate --attacks so-krylov`), itself our **[recon]**: per
+`dsara.attacks.krylov` (shared with `dsara evaluate --attacks so-krylov`), itself our **[recon]**: per
 outer step g = grad_x CE, m Krylov iterations (CG by default: the input Hessian of a ReLU net is
 positive semi-definite) for d ~ H^-1 g by double backprop, x <- clip(x + step * sign(d)). The
 training default follows SEEDS.md's reading of the paper, delta = eps * sign(d): one outer step of
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...attacks.krylov import SOLVERS, KrylovConfig, so_krylov
 from ...errors import DsaraError
-from ...krylov import SOLVERS, KrylovConfig, so_krylov
 from ..losses import AdvParams, Terms, _clean_aux, _pick_aux, _with_aux, crafting
+from .base import Method
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,9 @@ def so_at(model, x, y, p: AdvParams, generator=None) -> tuple[torch.Tensor, Term
     logits, aux = model(x_adv, return_aux=True)
     ce = F.cross_entropy(logits.float(), y)
     return _with_aux(ce, {"ce_adv": ce.detach()}, _pick_aux(p, aux_clean, aux), y, p.aux_weight)
+
+
+RECORDS = (
+    # second-order (Krylov) examples, model in eval mode [recon]
+    Method("so-at", so_at, 1.0, 1, "eval", "zero", options=SOATOptions),
+)

@@ -1,8 +1,10 @@
 """Run dirs, a checkpoint and a study written by dsara at commit 49fa2ff (the flat layout), for
 tests/test_layout_compat.py. Ran once: python make.py OUT (needs that commit's code)."""
-import sys, shutil
+import sys
 from pathlib import Path
+
 import torch
+
 from dsara.cli import main
 from dsara.search import SearchConfig, run
 
