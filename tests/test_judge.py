@@ -63,6 +63,17 @@ def test_a_run_built_to_miss_a_criterion_is_flagged_with_it(change, criterion):
     assert text.startswith("not informative: missed ") and criterion in text
 
 
+def test_a_reference_row_far_from_chance_is_named_but_does_not_void_the_comparison():
+    rows = _good() + [_row("resnet18/s0", "baseline", clean=0.286, pgd=0.222)]
+    checks = check_runs(rows, Criteria(), 1e-3, planned=4)
+    ref = [c for c in checks if not c.binding]
+    assert [c.held for c in ref] == [False, True] and "resnet18/s0 28.6%" in ref[0].detail
+    text = verdict(checks)
+    assert text.startswith("informative: every criterion held") and "resnet18/s0 28.6%" in text
+    rows[1]["accuracy"]["clean"] = 0.2  # a random cell below the floor voids the comparison
+    assert verdict(check_runs(rows, Criteria(), 1e-3, planned=4)).startswith("not informative")
+
+
 def test_alpha_criterion_scales_with_the_definitions_init_std():
     rows = _good()
     assert all(c.held for c in check_runs(rows, Criteria(), 1e-3, 3))

@@ -157,8 +157,9 @@ def judgement(exp, rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
 def judgement_markdown(j: dict[str, Any]) -> list[str]:
     lines = ["\n## Can this run answer its question?\n", f"**Verdict: {j['verdict']}.**\n",
              "| criterion | held | what the results show |", "|---|---|---|"]
-    lines += [f"| {_cell(c.criterion)} | {'yes' if c.held else '**no**'} | {_cell(c.detail)} |"
-              for c in j["checks"]]
+    held = {True: "yes", False: "**no**"}
+    lines += [f"| {_cell(c.criterion)} | {held[c.held] if c.binding or c.held else 'no (these rows only)'}"
+              f" | {_cell(c.detail)} |" for c in j["checks"]]
     if j["comparisons"]:
         first = j["comparisons"][0]
         lines += ["", "\n## Searched minus random: paired bootstrap 95% intervals\n",
