@@ -177,6 +177,35 @@ def test_two_sources_two_seeds_run_resume_after_a_kill_and_give_the_table(tmp_pa
     assert runner.create("smoke", "smoke", storage)[1] is False
 
 
+def test_the_definition_is_a_system_attr_and_an_older_experiment_still_opens(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'exp.db'}"
+    study, created = runner.create("e", "smoke", storage, tmp_path)
+    assert created and "experiment" not in study.user_attrs  # user attrs stay short
+    assert runner.stored_experiment(study) == load_experiment("smoke").raw
+    # an experiment created before the change kept its TOML in a user attr
+    old = optuna.create_study(study_name="old", storage=storage)
+    for key in ("experiment_sha256", "artifact_root", "data_root"):
+        old.set_user_attr(key, study.user_attrs[key])
+    old.set_user_attr("experiment", load_experiment("smoke").raw)
+    assert runner.open_experiment("old", storage).experiment.raw == load_experiment("smoke").raw
+
+
+def test_an_interrupted_worker_says_which_command_resumes_the_unit(tmp_path, monkeypatch):
+    from dsara.errors import Interrupted
+
+    storage = f"sqlite:///{tmp_path / 'exp.db'}"
+    runner.create("e", "smoke", storage, tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "unit_objective", interrupted)
+    with pytest.raises(Interrupted, match="the next `dsara experiment run` resumes it"):
+        runner.run_worker("e", storage, log=lambda s: None)
+
+
 def test_another_definition_under_the_same_name_is_refused(tmp_path):
     storage = f"sqlite:///{tmp_path / 'exp.db'}"
     runner.create("e", "smoke", storage, tmp_path)

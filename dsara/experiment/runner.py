@@ -3,7 +3,10 @@
 An experiment is stored as an Optuna study (same storage as `dsara study`: ``--storage``, else
 ``$DSARA_STORAGE``, else ``sqlite:///dsara.db``) carrying its definition::
 
-    study.user_attrs["experiment"]         the parsed TOML (plain JSON)
+    study system attr "dsara:experiment"   the parsed TOML (plain JSON; kept out of the user
+                                           attrs so that tools listing them stay short; an
+                                           experiment created before reads user attr
+                                           "experiment")
     study.user_attrs["experiment_sha256"]  its hash: `create` with another definition is refused
     study.user_attrs["artifact_root"]      folder holding <experiment>/<source>/seed-<s> units
     study.user_attrs["data_root"]          dataset folder given at create (a worker may override)
@@ -41,6 +44,7 @@ from ..study.writes import new_token
 from .definition import Experiment, Unit, experiment_from_dict, load_experiment
 
 DEFAULT_ARTIFACT_ROOT = "runs/experiments"
+EXPERIMENT_ATTR = "dsara:experiment"  # study system attribute holding the parsed TOML
 DATA_ROOT_ENV = "DSARA_DATA_ROOT"
 METRIC = "pgd20"  # the value told to Optuna; every figure is in the trial's "result"
 WAIT = "wait"
@@ -79,7 +83,7 @@ def create(name: str, source: str | Path, storage: str | None = None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([METRIC])
-    study.set_user_attr("experiment", exp.raw)
+    study._storage.set_study_system_attr(study._study_id, EXPERIMENT_ATTR, exp.raw)
     study.set_user_attr("experiment_sha256", exp.sha256)
     study.set_user_attr("experiment_source", Path(exp.source).name)
     study.set_user_attr("artifact_root", str(root))
@@ -97,13 +101,19 @@ def open_experiment(name: str, storage: str | None = None, st=None, *,
         raise DsaraError(f"no experiment {name!r} in {mask_url(resolve_url(storage))}; create "
                          f"it first: dsara experiment create {name} --from DEFINITION")
     study = optuna.load_study(study_name=name, storage=st)
-    raw = study.user_attrs.get("experiment")
+    raw = stored_experiment(study)
     if not isinstance(raw, dict):
         raise DsaraError(f"study {name!r} is not a dsara experiment (it has no experiment "
                          "definition); use `dsara study` for it")
     exp = experiment_from_dict(raw, f"experiment {name!r}")
     root = Path(study.user_attrs.get("artifact_root") or DEFAULT_ARTIFACT_ROOT)
     return Opened(study, exp, root, data_root_from(data_root) or study.user_attrs.get("data_root"))
+
+
+def stored_experiment(study) -> dict | None:
+    """The parsed TOML `create` stored on `study` (an older experiment: its user attr)."""
+    raw = study._storage.get_study_system_attrs(study._study_id).get(EXPERIMENT_ATTR)
+    return raw if raw is not None else study.user_attrs.get("experiment")
 
 
 def unit_of(trial) -> str | None:
@@ -207,7 +217,7 @@ def run_worker(name: str, storage: str | None = None, *, data_root: str | None =
         waiting = False
         key = trial.suggest_categorical("unit", keys)
         state = run_one(study, trial, exp, opened.artifact_root, st, heartbeat_s, log,
-                        objective_fn=objective)
+                        objective_fn=objective, resume_with="dsara experiment run")
         (summary.completed if state == "COMPLETE" else summary.failed).append(key)
     summary.stopped = f"this worker ran its {max_units} units"
     return summary

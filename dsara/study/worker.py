@@ -159,10 +159,12 @@ def run_worker(name: str, storage: str | None = None, n_trials: int | None = Non
 
 
 def run_one(study, trial, definition: StudyDefinition, root: Path, storage, heartbeat_s: int,
-            log, break_lock: bool = False, objective_fn=None) -> str:
+            log, break_lock: bool = False, objective_fn=None,
+            resume_with: str = "dsara study run") -> str:
     """Run one claimed trial and tell the study; returns the trial's final state name.
     `objective_fn(trial, definition, root, log, taken_over=event)` replaces the study objective
-    (an experiment passes its own). The heartbeat runs until the result is stored."""
+    (an experiment passes its own, and `resume_with` names its command for the message of an
+    interrupted trial). The heartbeat runs until the result is stored."""
     import optuna
     from optuna.trial import TrialState
 
@@ -183,7 +185,7 @@ def run_one(study, trial, definition: StudyDefinition, root: Path, storage, hear
         except (KeyboardInterrupt, Interrupted):
             requeue_now(study, trial._trial_id, definition.max_retry)  # resume later
             raise Interrupted(f"interrupted: trial {trial.number} of study {study.study_name!r} "
-                              "was re-queued; the next `dsara study run` resumes it from its "
+                              f"was re-queued; the next `{resume_with}` resumes it from its "
                               "last checkpoint") from None
         except OtherDevice:
             requeue_now(study, trial._trial_id, definition.max_retry)  # for a worker that can
