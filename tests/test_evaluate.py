@@ -16,7 +16,7 @@ from torch import nn
 from dsara.arch.archfile import from_genotype_text, save_architecture
 from dsara.attacks.autoattack import AutoAttackConfig, _autoattack
 from dsara.attacks.base import BrokenAttack, check_adversarial
-from dsara.attacks.registry import ATTACKS, cw_margin, parse_attacks
+from dsara.attacks.registry import ATTACKS, Attack, cw_margin, parse_attacks
 from dsara.cli import main
 from dsara.commands.evaluate import DEFAULT_ATTACKS
 from dsara.data.datasets import ImageSet, SyntheticConfig, load_dataset
@@ -75,8 +75,8 @@ def test_worst_case_is_per_sample(monkeypatch):
     img = torch.zeros(8, 1, 2, 2, dtype=torch.uint8)
     img[:, 0, 0, 0] = 200  # every sample is class 0, classified correctly when clean
     data = ImageSet(img, torch.zeros(8, dtype=torch.int64))
-    monkeypatch.setitem(ATTACKS, "first_half", flip([0, 1, 2, 3]))
-    monkeypatch.setitem(ATTACKS, "middle", flip([2, 3, 4, 5]))
+    monkeypatch.setitem(ATTACKS, "first_half", Attack("first_half", flip([0, 1, 2, 3])))
+    monkeypatch.setitem(ATTACKS, "middle", Attack("middle", flip([2, 3, 4, 5])))
     # the scripted attacks swap two pixels: inside an eps-ball of 1
     report = evaluate(PixelVote().eval(), data, ["clean", "first_half", "middle"], 1.0)
     assert report.accuracy == {"clean": 1.0, "first_half": 0.5, "middle": 0.5}
@@ -267,7 +267,7 @@ def test_check_adversarial_bounds():
 def test_evaluate_refuses_an_attack_outside_its_bounds(run_dir, test_set, monkeypatch, mutant,
                                                        message):
     model, _, _ = load_trained(run_dir)
-    monkeypatch.setitem(ATTACKS, "pgd20", mutant)
+    monkeypatch.setitem(ATTACKS, "pgd20", Attack("pgd20", mutant))
     with pytest.raises(BrokenAttack, match=message):
         evaluate(model, test_set.subset(torch.arange(16)), ["clean", "pgd20"], 8 / 255)
 

@@ -51,13 +51,22 @@ def test_every_attack_stays_in_the_eps_ball(runs):
                            configs=parse_attack_sets(FAST))
     suite = Suite(model, names, 8 / 255, test, options,
                   lambda: (fit.subset(torch.arange(32)), fit.subset(torch.arange(32, 64))))
-    fns = suite.attack_fns(ATTACKS)
+    fns = suite.attack_fns()
     assert set(fns) == set(names)
     x, y = test.images.float() / 255, test.labels
     for name, fn in fns.items():
         x_adv = fn(model, x, y, 8 / 255, torch.Generator().manual_seed(0))
         check_adversarial(x, x_adv, 8 / 255, name)  # what evaluate asserts on every batch
         assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6, name
+
+
+def test_each_attack_record_says_what_it_needs_and_whether_it_is_a_reconstruction():
+    built = {n for n, a in ATTACKS.items() if a.fn is None}
+    assert built == {"transfer-mifgsm", "transfer-pgd", "ai-gan", "squeeze-adaptive"}
+    assert all(ATTACKS[n].needs for n in built)
+    # the [recon] labels of dsara evaluate's documentation (evaluate/run.py, README)
+    assert {n for n, a in ATTACKS.items() if a.recon} == {"so-krylov", "ai-gan", "squeeze-adaptive"}
+    assert [n for n, a in ATTACKS.items() if a.nchw_only] == ["autoattack"]
 
 
 def test_placeholders_say_what_they_need():

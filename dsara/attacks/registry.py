@@ -1,11 +1,14 @@
-"""The attacks `dsara evaluate` knows by name (`ATTACKS`, in a fixed order) and
-`parse_attacks`; attacks that need more than the model are placeholders that say what they need
-(`dsara.evaluate.suite` builds them).
+"""The attacks `dsara evaluate` knows by name: `ATTACKS`, one `Attack` record per name in a fixed
+order, and `parse_attacks`. A record holds the attack's function -- or, for an attack that needs
+more than the model (surrogates, a generator, a detector), what it needs, and
+`dsara.evaluate.suite` builds it per evaluation -- whether it is a reconstruction, and whether its
+library needs standard-layout (NCHW) tensors. Adding an attack is its function plus one record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -45,25 +48,43 @@ def _so_krylov(model, x, y, eps, gen, config: KrylovConfig = KrylovConfig()):
     return so_krylov(model, x, y, eps, config, generator=gen)
 
 
-def _needs(name: str, what: str) -> AttackFn:
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    fn: AttackFn | None  # None: built per evaluation (dsara.evaluate.suite) from what it `needs`
+    needs: str = ""  # what it needs beyond the model, in words (with the flag that gives it)
+    recon: bool = False  # a reconstruction of a seed paper's attack (SEEDS.md)
+    nchw_only: bool = False  # its library .view()s tensors: it sees the standard layout
+
+
+SURROGATES = "surrogate models: --surrogate RUN_DIR[,...]"
+_RECORDS = (
+    Attack("clean", _clean),
+    Attack("fgsm", _fgsm),
+    Attack("pgd20", partial(_pgd, steps=20)),
+    Attack("pgd100", partial(_pgd, steps=100)),
+    Attack("cw", partial(_pgd, steps=30, loss_fn=cw_margin)),
+    Attack("autoattack", _autoattack, nchw_only=True),
+    Attack("so-krylov", _so_krylov, recon=True),
+    Attack("transfer-mifgsm", None, SURROGATES),
+    Attack("transfer-pgd", None, SURROGATES),
+    Attack("ai-gan", None, "a generator trained against the model (dsara.evaluate.suite.Suite)",
+           recon=True),
+    Attack("squeeze-adaptive", None, "the squeeze detector: --detect squeeze", recon=True),
+)
+ATTACKS: dict[str, Attack] = {a.name: a for a in _RECORDS}
+
+
+def attack_fn(name: str) -> AttackFn:
+    """The function of the registered attack `name`; for one the suite builds, a function that
+    says what it needs when it is run without it."""
+    record = ATTACKS[name]
+    if record.fn is not None:
+        return record.fn
+
     def attack(model, x, y, eps, gen):
-        raise DsaraError(f"the {name} attack needs {what}")
+        raise DsaraError(f"the {name} attack needs {record.needs}")
     return attack
-
-
-ATTACKS: dict[str, AttackFn] = {
-    "clean": _clean,
-    "fgsm": _fgsm,
-    "pgd20": partial(_pgd, steps=20),
-    "pgd100": partial(_pgd, steps=100),
-    "cw": partial(_pgd, steps=30, loss_fn=cw_margin),
-    "autoattack": _autoattack,
-    "so-krylov": _so_krylov,
-    "transfer-mifgsm": _needs("transfer-mifgsm", "surrogate models: --surrogate RUN_DIR[,...]"),
-    "transfer-pgd": _needs("transfer-pgd", "surrogate models: --surrogate RUN_DIR[,...]"),
-    "ai-gan": _needs("ai-gan", "a generator trained against the model (dsara.evaluate.suite.Suite)"),
-    "squeeze-adaptive": _needs("squeeze-adaptive", "the squeeze detector: --detect squeeze"),
-}
 
 
 def parse_attacks(text: str | Sequence[str]) -> list[str]:

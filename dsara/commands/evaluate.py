@@ -152,7 +152,7 @@ def _evaluate(args, eps, attacks, model, ckpt, path: Path) -> int:
     suite = Suite(model.eval().float().to(device), attacks, eps, test, options,
                   lambda: train_parts(args, config), device=device, batch_size=args.batch_size)
     report = evaluate(model, test, suite.names, eps, batch_size=args.batch_size, device=device,
-                      seed=args.seed, meta=meta, attack_fns=suite.attack_fns(ATTACKS))
+                      seed=args.seed, meta=meta, attack_fns=suite.attack_fns())
     report.details = suite.finish()
     print(report.table())
     if report.details:

@@ -43,13 +43,11 @@ import torch
 from torch import nn
 
 from ..attacks.base import check_adversarial
-from ..attacks.registry import ATTACKS, AttackFn, parse_attacks
+from ..attacks.registry import ATTACKS, AttackFn, attack_fn, parse_attacks
 from ..data.datasets import ImageSet
 from ..data.loader import Loader
 from ..utils.device import fp32_math, resolve_device
 from ..utils.progress import Pace, bar
-
-NCHW_ONLY = {"autoattack"}  # attacks whose library needs contiguous NCHW inputs and gradients
 
 
 class _ToChannelsLast(torch.autograd.Function):
@@ -140,12 +138,12 @@ def evaluate(model: nn.Module, data: ImageSet, attacks: Sequence[str], eps: floa
     with fp32_math():
         for i, name in enumerate(names):
             gen = torch.Generator(loader.device).manual_seed(seed + i)
-            attack = (attack_fns or {}).get(name) or ATTACKS[name]
+            attack = (attack_fns or {}).get(name) or attack_fn(name)
             t0 = time.perf_counter()
             pace = Pace(f"evaluate {name} ({i + 1}/{len(names)} attacks)", len(loader),
                         unit="batch")  # lines where no bar is drawn
             # AutoAttack's code .view()s input gradients: it sees the standard layout
-            plain = channels_last and name in NCHW_ONLY
+            plain = channels_last and ATTACKS[name].nchw_only
             seen = NCHWFacade(model) if plain else model
             for x, y in bar(loader.epoch(0), total=len(loader), desc=name, unit="batch"):
                 x = x.contiguous() if plain else x

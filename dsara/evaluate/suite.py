@@ -23,6 +23,7 @@ from torch import nn
 from ..attacks.aigan import AiGanAttack, AiGanConfig, prepare_generator
 from ..attacks.gradient import pgd
 from ..attacks.krylov import KrylovConfig, so_krylov
+from ..attacks.registry import attack_fn
 from ..attacks.transfer import TransferConfig, transfer_attack
 from ..data.datasets import ImageSet
 from ..data.loader import Loader
@@ -183,10 +184,10 @@ class Suite:
 
     # --------------------------------------------------------------------- running
 
-    def attack_fns(self, registry: dict[str, Callable]) -> dict[str, Callable]:
+    def attack_fns(self) -> dict[str, Callable]:
         """name -> function for every attack asked for (built ones, else the registry's), each
         wrapped to record the detector's verdict when there is a detector."""
-        fns = {n: self.fns.get(n, registry.get(n)) for n in self.names}
+        fns = {n: self.fns.get(n) or attack_fn(n) for n in self.names}
         if self.detector is None:
             return fns
         return {n: self._recorded(n, fn) for n, fn in fns.items()}
