@@ -52,6 +52,65 @@ class _Fixed(nn.Module):
         return self.net(x, self.weights)
 
 
+class _Perturbation:
+    """The state of one selection: the mixing weights as decided so far, the current score."""
+
+    def __init__(self, net, images, labels, eps, step_size, steps, measure, seed):
+        self.net, self.images, self.labels = net, images, labels
+        self.attack, self.measure, self.seed = (eps, step_size, steps), measure, seed
+        self.ops = net.ops
+        self.allowed = [i for i, op in enumerate(self.ops) if op != "none"]
+        self.weights = {t: torch.softmax(a.detach().float(), dim=-1) for t, a in net.alphas.items()}
+        self.evaluations = 0
+        self.base = self.score(self.weights)
+
+    def score(self, w: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """(adversarial error, adversarial loss) of the supernet mixed by `w`: higher is worse."""
+        self.evaluations += 1
+        eps, step_size, steps = self.attack
+        model = _Fixed(self.net, w)
+        gen = torch.Generator(device=self.images.device).manual_seed(self.seed)
+        x = pgd(model, self.images, self.labels, eps, step_size, steps, generator=gen) \
+            if eps > 0 and steps > 0 else self.images
+        with torch.no_grad():
+            logits = model(x).float()
+        return ((logits.argmax(1) != self.labels).float().mean().item(),
+                F.cross_entropy(logits, self.labels).item())
+
+    def harm_of_removing(self, cell_type: str, edge: int, op: int | None = None
+                         ) -> tuple[float, ...]:
+        """How much zeroing `op` on `edge` (the whole edge if None) hurts, as a sort key."""
+        w = {k: v.clone() for k, v in self.weights.items()}
+        if op is None:
+            w[cell_type][edge] = 0.0
+        else:
+            w[cell_type][edge, op] = 0.0
+        removed = self.score(w)
+        d_err, d_loss = removed[0] - self.base[0], removed[1] - self.base[1]
+        return (d_loss,) if self.measure == "loss" else (d_err, d_loss)
+
+    def choose_op(self, cell_type: str, edge: int) -> tuple[int, dict[int, tuple]]:
+        """Discretize `edge` to the op whose removal hurts most (ties: the earlier op)."""
+        harms = {o: self.harm_of_removing(cell_type, edge, o) for o in self.allowed}
+        best = max(self.allowed, key=lambda o: (harms[o], -o))
+        self.weights[cell_type][edge] = F.one_hot(torch.tensor(best), len(self.ops)).to(
+            self.weights[cell_type])
+        self.base = self.score(self.weights)
+        return best, harms
+
+    def choose_inputs(self, cell_type: str, inputs: list[int]) -> tuple[list[int], dict]:
+        """Keep the EDGES_PER_NODE input edges whose removal hurts most (ties: lower input)."""
+        if len(inputs) <= EDGES_PER_NODE:
+            return inputs, {e: (0.0,) for e in inputs}
+        harms = {e: self.harm_of_removing(cell_type, e) for e in inputs}
+        keep = sorted(inputs, key=lambda e: (tuple(-h for h in harms[e]), e))[:EDGES_PER_NODE]
+        for e in inputs:
+            if e not in keep:
+                self.weights[cell_type][e] = 0.0
+        self.base = self.score(self.weights)
+        return keep, harms
+
+
 def select(net, images: torch.Tensor, labels: torch.Tensor, eps: float, step_size: float,
            steps: int, measure: str = "accuracy", seed: int = 0,
            log: Callable[[str], None] | None = None) -> tuple[Genotype, dict[str, Any]]:
@@ -59,92 +118,58 @@ def select(net, images: torch.Tensor, labels: torch.Tensor, eps: float, step_siz
     `net` on `images` (float in [0, 1], on the net's device) and `labels`."""
     if measure not in MEASURES:
         raise ValueError(f"pt measure must be one of {MEASURES}, got {measure!r}")
-    ops, nodes = net.ops, net.macro.nodes
-    allowed = [i for i, op in enumerate(ops) if op != "none"]
     was_training = net.training
     grads = [p.requires_grad for p in net.parameters()]
     for p in net.parameters():  # the attack needs input gradients only
         p.requires_grad_(False)
     net.train()  # batch statistics, as during the search
-    weights = {t: torch.softmax(a.detach().float(), dim=-1) for t, a in net.alphas.items()}
-    count = [0]
-
-    def score(w: dict[str, torch.Tensor]) -> tuple[float, float]:
-        """(adversarial error, adversarial loss) of the supernet mixed by `w`: higher is worse."""
-        count[0] += 1
-        model = _Fixed(net, w)
-        gen = torch.Generator(device=images.device).manual_seed(seed)
-        x = pgd(model, images, labels, eps, step_size, steps, generator=gen) \
-            if eps > 0 and steps > 0 else images
-        with torch.no_grad():
-            logits = model(x).float()
-        return ((logits.argmax(1) != labels).float().mean().item(),
-                F.cross_entropy(logits, labels).item())
-
-    def harm(removed: tuple[float, float], base: tuple[float, float]) -> tuple[float, ...]:
-        """How much a removal hurts, as a sort key (larger hurts more)."""
-        d_err, d_loss = removed[0] - base[0], removed[1] - base[1]
-        return (d_loss,) if measure == "loss" else (d_err, d_loss)
-
-    record: dict[str, Any] = {"measure": measure, "images": int(len(labels)), "eps": eps,
-                              "steps": steps, "fine_tuning": False, "ops": {}, "edges": {}}
     try:
-        base = score(weights)
-        record["start"] = {"error": base[0], "loss": base[1]}
-        # 1. the op of every edge, edges in a seeded random order over all cell types
-        order = [(t, e) for t in weights for e in range(weights[t].shape[0])]
-        gen = torch.Generator().manual_seed(seed)
-        order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
-        chosen: dict[str, dict[int, int]] = {t: {} for t in weights}
-        for t, e in order:
-            harms = {}
-            for o in allowed:
-                w = {k: v.clone() for k, v in weights.items()}
-                w[t][e, o] = 0.0
-                harms[o] = harm(score(w), base)
-            best = max(allowed, key=lambda o: (harms[o], -o))  # ties: the earlier op
-            weights[t][e] = F.one_hot(torch.tensor(best), len(ops)).to(weights[t])
-            chosen[t][e] = best
-            base = score(weights)
-            record["ops"][f"{t}/{e}"] = {"op": ops[best],
-                                         "harm": {ops[o]: list(h) for o, h in harms.items()}}
-            if log:
-                log(f"  pt: {t} edge {e} -> {ops[best]}")
-        # 2. the two input edges of every node (nodes with more than two inputs)
-        cells = {}
-        for t in weights:
-            kept_all, start = [], 0
-            for node in range(nodes):
-                n_in = node + 2
-                inputs = list(range(start, start + n_in))
-                if n_in <= EDGES_PER_NODE:
-                    harms = {e: (0.0,) for e in inputs}
-                else:
-                    harms = {}
-                    for e in inputs:
-                        w = {k: v.clone() for k, v in weights.items()}
-                        w[t][e] = 0.0
-                        harms[e] = harm(score(w), base)
-                keep = sorted(inputs, key=lambda e: (tuple(-h for h in harms[e]), e))
-                keep = keep[:EDGES_PER_NODE]  # hurts most first, ties to the lower input
-                for e in inputs:
-                    if e not in keep:
-                        weights[t][e] = 0.0
-                if n_in > EDGES_PER_NODE:
-                    base = score(weights)
-                record["edges"][f"{t}/node{node}"] = {
-                    "kept": [e - start for e in keep],
-                    "harm": {str(e - start): list(h) for e, h in harms.items()}}
-                kept_all += [(ops[chosen[t][e]], e - start) for e in keep]
-                start += n_in
-            cells[t] = CellGenotype(tuple(kept_all), tuple(range(2, nodes + 2)))
-        record["end"] = {"error": base[0], "loss": base[1]}
-        record["evaluations"] = count[0]
+        pt = _Perturbation(net, images, labels, eps, step_size, steps, measure, seed)
+        record: dict[str, Any] = {
+            "measure": measure, "images": int(len(labels)), "eps": eps, "steps": steps,
+            "fine_tuning": False, "ops": {}, "edges": {},
+            "start": {"error": pt.base[0], "loss": pt.base[1]}}
+        chosen = _choose_ops(pt, record, seed, log)
+        cells = {t: _choose_topology(pt, t, chosen[t], net.macro.nodes, record)
+                 for t in pt.weights}
+        record["end"] = {"error": pt.base[0], "loss": pt.base[1]}
+        record["evaluations"] = pt.evaluations
     finally:
         for p, g in zip(net.parameters(), grads):
             p.requires_grad_(g)
         net.train(was_training)
     return Genotype(cells), record
+
+
+def _choose_ops(pt: _Perturbation, record, seed: int, log) -> dict[str, dict[int, int]]:
+    """1. The op of every edge, edges in a seeded random order over all cell types."""
+    order = [(t, e) for t in pt.weights for e in range(pt.weights[t].shape[0])]
+    gen = torch.Generator().manual_seed(seed)
+    order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
+    chosen: dict[str, dict[int, int]] = {t: {} for t in pt.weights}
+    for t, e in order:
+        best, harms = pt.choose_op(t, e)
+        chosen[t][e] = best
+        record["ops"][f"{t}/{e}"] = {"op": pt.ops[best],
+                                     "harm": {pt.ops[o]: list(h) for o, h in harms.items()}}
+        if log:
+            log(f"  pt: {t} edge {e} -> {pt.ops[best]}")
+    return chosen
+
+
+def _choose_topology(pt: _Perturbation, cell_type: str, chosen: dict[int, int], nodes: int,
+                     record) -> CellGenotype:
+    """2. The two input edges of every node of one cell type, node by node."""
+    edges, start = [], 0
+    for node in range(nodes):
+        inputs = list(range(start, start + node + 2))
+        keep, harms = pt.choose_inputs(cell_type, inputs)
+        record["edges"][f"{cell_type}/node{node}"] = {
+            "kept": [e - start for e in keep],
+            "harm": {str(e - start): list(h) for e, h in harms.items()}}
+        edges += [(pt.ops[chosen[e]], e - start) for e in keep]
+        start += node + 2
+    return CellGenotype(tuple(edges), tuple(range(2, nodes + 2)))
 
 
 def selection_images(cfg, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
