@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DsaraError
+from ..utils import resources
 from ..utils.config import Fields, apply_overrides, read_toml
-from ..utils.resources import data_dirs
 from . import activations
 from .ops import OPS, check_op
 
@@ -265,23 +265,20 @@ class SearchSpace:
 
 def space_dirs() -> list[Path]:
     """Where spaces are found by name: the checkout's `search_spaces/`, then the installed copy."""
-    return data_dirs("search_spaces")
+    return resources.data_dirs("search_spaces")
 
 
 def list_spaces() -> list[str]:
-    return sorted({p.stem for d in space_dirs() for p in d.glob("*.toml")})
+    return resources.names("search_spaces")
 
 
 def find_space_file(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.is_file() or "/" in str(name_or_path):
-        if not p.is_file():
-            raise DsaraError(f"search space file {p} does not exist; known spaces: "
-                             f"{', '.join(list_spaces())}")
-        return p
-    for d in space_dirs():
-        if (d / f"{name_or_path}.toml").is_file():
-            return d / f"{name_or_path}.toml"
+    found = resources.find("search_spaces", name_or_path)
+    if found is not None:
+        return found
+    if resources.looks_like_path(name_or_path):
+        raise DsaraError(f"search space file {Path(name_or_path)} does not exist; known spaces: "
+                         f"{', '.join(list_spaces())}")
     raise DsaraError(f"unknown search space {str(name_or_path)!r}; known spaces: "
                      f"{', '.join(list_spaces())} (or give a path to a .toml file)")
 

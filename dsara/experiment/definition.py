@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DsaraError
+from ..utils import resources
 from ..utils.config import Fields, read_toml
-from ..utils.resources import data_dirs
 from .judge import Criteria, criteria_from_dict
 
 # kind -> SearchConfig changes that make it (None: the source does not search)
@@ -196,21 +196,17 @@ def _data_fields(data: dict[str, Any], data_root: str | None) -> dict[str, Any]:
 
 
 def experiment_dirs() -> list[Path]:
-    return data_dirs("experiments")
+    return resources.data_dirs("experiments")
 
 
 def list_experiments() -> list[str]:
-    return sorted({p.stem for d in experiment_dirs() for p in d.glob("*.toml")})
+    return resources.names("experiments")
 
 
 def find_experiment(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    if p.suffix != ".toml" and "/" not in str(name_or_path):
-        for d in experiment_dirs():
-            if (d / f"{name_or_path}.toml").is_file():
-                return d / f"{name_or_path}.toml"
+    found = resources.find("experiments", name_or_path)
+    if found is not None:
+        return found
     raise DsaraError(f"experiment definition {str(name_or_path)!r} not found; known: "
                      f"{', '.join(list_experiments()) or '(none)'} (or give a path to a .toml)")
 

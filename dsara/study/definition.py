@@ -55,8 +55,8 @@ from typing import Any
 from ..arch.space import load_space
 from ..errors import DsaraError
 from ..search import SearchConfig
+from ..utils import resources
 from ..utils.config import Fields, apply_overrides, read_toml
-from ..utils.resources import data_dirs
 
 OBJECTIVES = ("supernet", "retrain")
 METRICS = ("clean_acc", "pgd_acc")  # accuracies in [0, 1], both maximized
@@ -148,21 +148,17 @@ def definition_hash(raw: dict[str, Any]) -> str:
 
 
 def study_dirs() -> list[Path]:
-    return data_dirs("studies")
+    return resources.data_dirs("studies")
 
 
 def list_definitions() -> list[str]:
-    return sorted({p.stem for d in study_dirs() for p in d.glob("*.toml")})
+    return resources.names("studies")
 
 
 def find_definition(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    if p.suffix != ".toml" and "/" not in str(name_or_path):
-        for d in study_dirs():
-            if (d / f"{name_or_path}.toml").is_file():
-                return d / f"{name_or_path}.toml"
+    found = resources.find("studies", name_or_path)
+    if found is not None:
+        return found
     raise DsaraError(f"study definition {str(name_or_path)!r} not found; known definitions: "
                      f"{', '.join(list_definitions()) or '(none)'} (or give a path to a .toml)")
 
