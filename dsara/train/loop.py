@@ -300,17 +300,9 @@ def run(config: TrainConfig, max_epochs: int | None = None,
         return _run(cfg, max_epochs, log, on_epoch)
 
 
-def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
-         on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
-    run_dir = Path(cfg.out)
-    device = torch.device(cfg.device)
-    fit, val, test, info = load_data(cfg)
-    cfg = fit_to_budget(cfg, info.num_classes, log)
-    previous = _previous(run_dir, cfg)
-    log(data_line(cfg, fit, val))
-    if cfg.schedule == "piecewise":
-        log(schedule_line(cfg))
-    # a resumed run rebuilds its model from the checkpoint, not from a file that may have moved
+def _build(cfg: TrainConfig, previous: dict | None, info, device) -> tuple[dict, nn.Module]:
+    """(model spec, model on `device`): a resumed run rebuilds its model from the checkpoint's
+    spec, not from a file that may have moved; a new one initializes its weights."""
     spec = previous["model_spec"] if previous else model_spec(
         cfg.arch, info.num_classes, info.mean, info.std, cells=cfg.cells, channels=cfg.channels,
         width=cfg.width, auxiliary_weight=cfg.auxiliary_weight, drop_path=cfg.drop_path,
@@ -321,6 +313,40 @@ def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
                                      else torch.contiguous_format)
     if previous is None:
         initial_weights(model, cfg.arch)  # fine-tuning a checkpoint starts from its weights
+    return spec, model
+
+
+def _record(state: dict[str, Any], record: dict[str, Any], cfg: TrainConfig,
+            log: Callable[[str], None]) -> bool:
+    """Add an epoch's record to the run state: the best epoch (by validation PGD accuracy), FGSM-RS'
+    catastrophic-overfitting guard, epochs done. Returns whether this epoch is the new best."""
+    prev = state["history"][-1]["val_robust"] if state["history"] else None
+    state["history"].append(record)
+    improved = record["val_robust"] > state["best"]["val_robust"]
+    if improved:
+        state["best"] = {"epoch": record["epoch"], "val_robust": record["val_robust"],
+                         "val_clean": record["val_clean"]}
+    if (cfg.method == "fgsm-rs" and prev is not None
+            and prev - record["val_robust"] > cfg.overfit_guard):
+        state["stopped_early"] = True
+        log(f"catastrophic overfitting: val PGD accuracy fell from {100 * prev:.1f}% to "
+            f"{100 * record['val_robust']:.1f}%; stopping, best.pt is from epoch "
+            f"{state['best']['epoch']}")
+    state["epoch"] = record["epoch"]
+    return improved
+
+
+def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
+         on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+    run_dir = Path(cfg.out)
+    device = torch.device(cfg.device)
+    fit, val, test, info = load_data(cfg)
+    cfg = fit_to_budget(cfg, info.num_classes, log)
+    previous = _previous(run_dir, cfg)
+    log(data_line(cfg, fit, val))
+    if cfg.schedule == "piecewise":
+        log(schedule_line(cfg))
+    spec, model = _build(cfg, previous, info, device)
     optimizer, scheduler = make_optimizer(model, cfg)
     state = _restore(previous, model, optimizer, scheduler)
     _repair_best(run_dir, previous, state)
@@ -357,19 +383,7 @@ def _run(cfg: TrainConfig, max_epochs: int | None, log: Callable[[str], None],
         record = {"epoch": epoch + 1, "lr": lr, "train": train_terms,
                   **validate(model, val_loader, cfg)}
         record["time_s"] = time.perf_counter() - t0
-        prev = state["history"][-1]["val_robust"] if state["history"] else None
-        state["history"].append(record)
-        improved = record["val_robust"] > state["best"]["val_robust"]
-        if improved:
-            state["best"] = {"epoch": epoch + 1, "val_robust": record["val_robust"],
-                             "val_clean": record["val_clean"]}
-        if (cfg.method == "fgsm-rs" and prev is not None
-                and prev - record["val_robust"] > cfg.overfit_guard):
-            state["stopped_early"] = True
-            log(f"catastrophic overfitting: val PGD accuracy fell from {100 * prev:.1f}% to "
-                f"{100 * record['val_robust']:.1f}%; stopping, best.pt is from epoch "
-                f"{state['best']['epoch']}")
-        state["epoch"] = epoch + 1
+        improved = _record(state, record, cfg, log)
         _save(run_dir, cfg, spec, model, optimizer, scheduler, state, improved)
         log(_format(record, cfg.epochs))
         if on_epoch is not None:
