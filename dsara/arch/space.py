@@ -291,8 +291,8 @@ def load_space(name_or_path: str | Path,
     return space_from_dict(raw, str(path))
 
 
-def space_from_dict(raw: Mapping, where: str = "search space") -> SearchSpace:
-    f = Fields(raw, where)
+def _ops(f: Fields, where: str) -> list[str]:
+    """The space's candidate ops: known names, at least one besides 'none'."""
     ops = f.get("ops", list, check=lambda v: len(v) > 0, hint="list at least one op")
     for op in ops:
         if not isinstance(op, str):
@@ -301,6 +301,12 @@ def space_from_dict(raw: Mapping, where: str = "search space") -> SearchSpace:
     if set(ops) <= {"none"}:
         raise DsaraError(f"{where}: ops need at least one op besides 'none'; known ops: "
                          f"{', '.join(OPS)}")
+    return ops
+
+
+def space_from_dict(raw: Mapping, where: str = "search space") -> SearchSpace:
+    f = Fields(raw, where)
+    ops = _ops(f, where)
     cell_types = f.get("cell_types", list, check=lambda v: len(v) > 0,
                        hint="list the cell types")
     reduce_type = f.get("reduce_cell_type", str, "reduce")

@@ -29,7 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "workers). Storage: --storage, else $DSARA_STORAGE, else "
                        f"{DEFAULT_STORAGE}.")
     cmds = p.add_subparsers(dest="study_command", metavar="SUBCOMMAND", required=True)
+    _register_create(cmds)
+    _register_run(cmds)
+    _add(cmds, "status", "trials by state and the best or Pareto trials", cmd_status)
+    _add(cmds, "list", "studies in the storage", cmd_list, name=False)
+    _register_export(cmds)
+    _add(cmds, "delete", "delete a study from the storage (run directories stay)", cmd_delete)
+    _register_dashboard(cmds)
+    _register_report(cmds)
 
+
+def _register_create(cmds) -> None:
     c = _add(cmds, "create", "create a study from a definition (idempotent)", cmd_create)
     c.add_argument("--from", dest="source", required=True, metavar="DEFINITION",
                    help=f"studies/NAME.toml or a known name ({', '.join(defs.list_definitions())})")
@@ -39,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "AWS_ENDPOINT_URL etc. as usual) and run directories local to each worker, "
                    f"so workers need no shared filesystem (default {manage.DEFAULT_ARTIFACT_ROOT})")
 
+
+def _register_run(cmds) -> None:
     r = _add(cmds, "run", "run a worker: trials until the study's budget is met", cmd_run)
     r.add_argument("--n-trials", type=int, metavar="N", help="at most N trials by this worker "
                    "(default: until the study has its [budget] n_trials complete trials)")
@@ -61,9 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "by a dead process on another host (a shared filesystem): take it over; "
                    "refused if the holder is a live process on this host")
 
-    _add(cmds, "status", "trials by state and the best or Pareto trials", cmd_status)
-    _add(cmds, "list", "studies in the storage", cmd_list, name=False)
 
+def _register_export(cmds) -> None:
     e = _add(cmds, "export", "write the architecture file of a trial", cmd_export)
     which = e.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, metavar="N", help="trial number")
@@ -74,8 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, type=Path, metavar="FILE.json",
                    help="architecture file to write (builds with dsara.build_model)")
 
-    _add(cmds, "delete", "delete a study from the storage (run directories stay)", cmd_delete)
 
+def _register_dashboard(cmds) -> None:
     d = _add(cmds, "dashboard", "serve optuna-dashboard on the study, with its artifact store "
              "(a folder or S3: each trial's files can be downloaded)", cmd_dashboard)
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
@@ -84,6 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--artifact-root", metavar="DIR", help="where this machine sees the study's "
                    "artifact root, if mounted elsewhere (default: as recorded on the study)")
 
+
+def _register_report(cmds) -> None:
     t = _add(cmds, "report", "the trials table and the Pareto front, as CSV or markdown",
              cmd_report)
     t.add_argument("--format", choices=report.FORMATS, default="md",
