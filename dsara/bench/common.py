@@ -124,3 +124,11 @@ def publish(report: dict[str, Any], script: str, argv: list[str] | None, table: 
             write_text_atomic(path, text)
     print(table, end="")
     return 0
+
+
+def endless(loader) -> Iterator:
+    """A loader's batches, epoch after epoch, for as many steps as a benchmark takes."""
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1

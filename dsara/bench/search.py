@@ -26,7 +26,6 @@ import argparse
 import math
 import statistics
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from .common import (
     _AugmentedImages,
     _cycle,
     device_name,
+    endless,
     peak_mb,
     publish,
     round_robin,
@@ -114,12 +114,6 @@ class BenchConfig:
             order=order, out="unused").validate()
 
 
-def _endless(loader) -> Iterator:
-    epoch = 0
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
-
 
 class OptimizedStep:
     """The search's own step (`Search.step`) on its own data pipeline."""
@@ -130,7 +124,7 @@ class OptimizedStep:
         self.search = Search(cfg)
         self.search.net.train()
         self.device = self.search.device
-        self.train, self.val = _endless(self.search.train), _endless(self.search.val)
+        self.train, self.val = endless(self.search.train), endless(self.search.val)
         self.dtype = "bf16 autocast" if use_bf16(cfg.precision, self.device) else "fp32"
         self.layout = "channels_last" if self.search.train.channels_last else "NCHW"
         self.order = cfg.order

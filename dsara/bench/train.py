@@ -27,7 +27,6 @@ import copy
 import platform
 import statistics
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from .common import (
     _AugmentedImages,
     _cycle,
     device_name,
+    endless,
     peak_mb,
     publish,
     round_robin,
@@ -124,12 +124,6 @@ def adv_params(bc: TrainBenchConfig, model: nn.Module) -> AdvParams:
     return AdvParams(eps=8 / 255, step_size=2 / 255, steps=bc.pgd_steps, aux_weight=aux)
 
 
-def _endless(loader: Loader) -> Iterator:
-    epoch = 0
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
-
 
 # ----------------------------------------------------------------------------- the paths
 
@@ -154,7 +148,7 @@ class OptimizedTrainStep:
                                    weight_decay=1e-4, **fast)
         self.method = get_method(method).fn
         self.gen = torch.Generator(device).manual_seed(0)
-        self.batches = (_endless(Loader(data, batch, augment=True, device=device,
+        self.batches = (endless(Loader(data, batch, augment=True, device=device,
                                         channels_last=cl)) if data is not None else None)
 
     def amp(self):
