@@ -21,7 +21,7 @@
 #   6. a 1-epoch search of the dsara proxy on the CIFAR-10 copy (--data: the folder with
 #      cifar10-jpeg-{train,test}.npz and make_cifar10.py, i.e. shared/data; skipped without it)
 # Every table goes into DIR (default runs/gpu_check) and into the generated sections of the page
-# (default docs/speed.md; see dsara/speed_doc.py). --dry-run does all of it on the CPU at toy
+# (default docs/speed.md; see dsara/bench/speed_doc.py). --dry-run does all of it on the CPU at toy
 # sizes in well under a minute: the test suite runs it (tests/test_gpu_check.py).
 set -uo pipefail
 

@@ -29,6 +29,7 @@ def walk(parser: argparse.ArgumentParser, path: list[str]):
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     for path, parser in walk(build_parser(), ["dsara"]):
         sys.stdout.write(f"===== {' '.join(path)} --help\n{parser.format_help()}\n")
     return 0

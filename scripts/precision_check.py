@@ -1,5 +1,5 @@
 """Same short search in fp32 and in bf16 autocast: alpha trajectories, genotypes and wall time
-side by side (see dsara/precision_check.py).
+side by side (see dsara/bench/precision.py).
 
     OMP_NUM_THREADS=2 python scripts/precision_check.py --space tiny --epochs 4 --markdown out.md
 """

@@ -14,6 +14,7 @@ results -- stays, to the last digit.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -39,12 +40,14 @@ def clean(value, out: str):
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="a new folder for the runs and outputs.json")
+    out = parser.parse_args(argv).out.resolve()
     import torch
 
     from dsara.cli import main as dsara
 
     torch.set_num_threads(1)
-    out = Path(argv[0]).resolve()
     if out.exists():
         print(f"{out} exists; give a new folder", file=sys.stderr)
         return 2
