@@ -75,6 +75,7 @@ def test_a_search_with_selection_pt_writes_the_perturbation_cells_and_its_record
                        synthetic={"n_train": 64, "n_test": 16, "image_size": 8, "noise": 0.1},
                        epochs=1, batch_size=8, pgd_steps=1, step_size=4 / 255, max_steps=2,
                        order="first", device="cpu", selection="pt", pt_images=16,
+                       channels_last="on",
                        out=str(tmp_path / "run"))
     result = run(cfg)
     arch = json.loads((result.run_dir / "architecture.json").read_text())

@@ -188,7 +188,12 @@ def selection_images(cfg, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 def select_for(cfg, net, log: Callable[[str], None] | None = None
                ) -> tuple[Genotype, dict[str, Any]]:
     """`select` on a trained supernet with a search config's data and attack."""
+    from ..utils.device import use_channels_last
+
     device = next(net.parameters()).device
     images, labels = selection_images(cfg, device)
+    if use_channels_last(cfg.channels_last, device):  # the search's layout: 2x faster on a CPU
+        net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     return select(net, images, labels, cfg.eps, cfg.step_size, cfg.pgd_steps, cfg.pt_measure,
                   cfg.seed, log)
