@@ -1,4 +1,4 @@
-"""`dsara arch info|list|show`: inspect architectures and search spaces."""
+"""`dsara arch info|sample|derive|list`: inspect architectures and search spaces."""
 
 from __future__ import annotations
 
@@ -42,6 +42,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
     sample.set_defaults(func=cmd_sample)
+    der = asub.add_parser(
+        "derive", help="derive a search's cells again from its saved alpha (e.g. P-DARTS skip cap)",
+        description="Derive the cells of a finished or interrupted search again from its saved "
+        "alpha, without searching again: the DARTS magnitude derivation, optionally with P-DARTS' "
+        "cap on skip connections in the normal (non-reduction) cell types (Chen et al., ICCV "
+        "2019). Reads checkpoint.pt, or without it the last line of alpha_history.jsonl; the "
+        "macro layout is the search's architecture.json's. Prints each cell type's cell, its "
+        "parameter-free edges and whether it changed.")
+    der.add_argument("run_dir", metavar="RUN_DIR", help="the folder a `dsara search` wrote (an "
+                     "experiment unit's <unit>/search, a study trial's artifact folder)")
+    der.add_argument("--skip-cap", type=int, metavar="N", help="at most N skip connections per "
+                     "normal cell (P-DARTS uses 2; default: no cap)")
+    der.add_argument("--out", metavar="FILE.json", help="write the derived architecture file here "
+                     "(never over an existing file unless --force)")
+    der.add_argument("--force", action="store_true", help="let --out replace an existing file")
+    der.add_argument("--json", action="store_true", help="print JSON instead of text")
+    der.set_defaults(func=cmd_derive)
     lst = asub.add_parser("list", help="list built-in cells and search spaces")
     lst.set_defaults(func=cmd_list)
 
@@ -109,6 +126,50 @@ def cmd_info(args) -> int:
 def cmd_sample(args) -> int:
     for path in write_samples(args.space, args.n, args.seed, args.out):
         print(path)
+    return 0
+
+
+def cmd_derive(args) -> int:
+    from ..arch.archfile import save_architecture
+    from ..search.derive import rederive
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.resolve() == (Path(args.run_dir) / "architecture.json").resolve():
+            raise DsaraError(f"--out {out} is the search's own architecture file; write the "
+                             "derived one elsewhere")
+        if out.exists() and not args.force:
+            raise DsaraError(f"{out} exists; choose another --out or pass --force to replace it")
+    r = rederive(args.run_dir, args.skip_cap)
+    cells = {}
+    for t, cell in r.architecture.genotype.cells.items():
+        old = r.searched.genotype.cells.get(t)
+        cells[t] = {"edges": [op for op, _ in cell.edges],
+                    "skip_connect": sum(op == "skip_connect" for op, _ in cell.edges),
+                    "parameter_free": cell.parameter_free(),
+                    "searched_parameter_free": old.parameter_free() if old else None,
+                    "changed": cell != old}
+    if out is not None:
+        save_architecture(r.architecture, out)
+    summary = {"run_dir": str(args.run_dir), "epoch": r.epoch, "epochs": r.config.epochs,
+               "alpha_from": r.source, "skip_cap": args.skip_cap, "cells": cells,
+               "genotype": r.architecture.genotype.to_text(),
+               "out": str(out) if out is not None else None}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    cap = "no cap" if args.skip_cap is None else f"skip_cap = {args.skip_cap} (normal cells)"
+    print(f"search        {args.run_dir}: alpha of epoch {r.epoch} of {r.config.epochs} "
+          f"({r.source}), {cap}")
+    for t, c in cells.items():
+        was = "" if not c["changed"] else (f"  CHANGED (searched: {c['searched_parameter_free']} "
+                                           "parameter-free)")
+        print(f"{t:<13} {' '.join(c['edges'])}")
+        print(f"{'':<13} {c['parameter_free']} of {len(c['edges'])} edges parameter-free, "
+              f"{c['skip_connect']} skip{was}")
+    print(f"genotype      {summary['genotype']}")
+    if out is not None:
+        print(f"wrote         {out}")
     return 0
 
 

@@ -121,10 +121,9 @@ def rederive(exp: Experiment, source: Source, unit: Unit, unit_dir: Path, data_r
         how = {"selection": "pt", "pt_images": derive_cfg.pt_images,
                "pt_measure": derive_cfg.pt_measure}
     else:
-        net = build_supernet(space, searched.macro.num_classes, partial_k=cfg.partial_k)
-        arch_keys = {k for k in state["model"] if k.startswith(("alphas.", "edge_betas."))}
-        net.load_state_dict({k: state["model"][k] for k in arch_keys}, strict=False)
-        genotype = net.genotype(skip_cap)
+        from ..search.derive import rederive as derive_again
+
+        genotype = derive_again(run_dir, skip_cap).architecture.genotype
         how = {"skip_cap": skip_cap}
         log(f"  {unit.key}: {source.reuse}/s{unit.seed}'s alpha derived with skip_cap = "
             f"{skip_cap}")
