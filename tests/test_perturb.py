@@ -93,3 +93,30 @@ def test_a_search_with_selection_pt_writes_the_perturbation_cells_and_its_record
             assert [tuple(e) for e in cell["edges"][2 * node: 2 * node + 2]] == \
                 list(zip(ops, kept))
             start += node + 2
+
+
+def test_pt_summary_counts_ties_and_the_winning_harm_in_images(tmp_path):
+    """scripts/pt_summary.py on a hand-made record: one tied op decision, one decided by 2 images."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    record = {"measure": "accuracy", "images": 64, "start": {"error": 0.5, "loss": 1.0},
+              "end": {"error": 0.6, "loss": 1.1},
+              "ops": {"a/0": {"op": "x", "harm": {"x": [1 / 64, 0.1], "y": [1 / 64, 0.0]}},
+                      "a/1": {"op": "y", "harm": {"x": [0.0, 0.3], "y": [2 / 64, 0.0]}}},
+              "edges": {"a/node0": {"kept": [0, 1], "harm": {"0": [0.0], "1": [0.0]}}}}
+    path = tmp_path / "pt_selection.json"
+    path.write_text(json.dumps(record))
+    script = Path(__file__).parents[1] / "scripts" / "pt_summary.py"
+    out = subprocess.run([sys.executable, str(script), str(path), "--json"], check=True,
+                         capture_output=True, text=True).stdout
+    s = json.loads(out)[str(path)]
+    assert s["ops"] == {"decisions": 2, "accuracy_ties": 1, "winning_harm_images": [1, 2]}
+    assert s["inputs"]["accuracy_ties"] == 1
+    assert s["binomial_se_images"] == 4.0  # sqrt(64 * 0.5 * 0.5)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    proc = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
