@@ -81,15 +81,14 @@ def searched_supernet(run_dir: str | Path) -> tuple[Supernet, int, str, SearchCo
     return net, int(last["epoch"]), "alpha_history.jsonl", cfg, searched
 
 
-def rederive(run_dir: str | Path, skip_cap: int | None = None,
-             extra_provenance: dict[str, Any] | None = None) -> Rederived:
+def rederive(run_dir: str | Path, skip_cap: int | None = None) -> Rederived:
     """The search in `run_dir` derived again by magnitude with `skip_cap` (None: no cap)."""
     if skip_cap is not None and skip_cap < 0:
         raise DsaraError(f"skip_cap must be >= 0, got {skip_cap}")
     net, epoch, source, cfg, searched = searched_supernet(run_dir)
     genotype = net.genotype(skip_cap)
     how = {"from": str(Path(run_dir)), "epoch": epoch, "alpha_from": source,
-           "skip_cap": skip_cap, **(extra_provenance or {})}
+           "skip_cap": skip_cap}
     prov = {**searched.provenance, "rederived": how}
     arch = Architecture(genotype, searched.macro, prov, searched.name).validate()
     return Rederived(arch, searched, epoch, source, cfg)
